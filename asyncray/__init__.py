@@ -1,0 +1,265 @@
+"""asyncray: Ray's programming model on asyncio. ``import asyncray as ray`` and go.
+
+This module is the sync facade (SPEC section 2): each function is a thin layer over the
+async core, reached through a background loop thread. ``asyncray.aio`` has the coroutine
+twins for async code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from asyncray import exceptions
+from asyncray._client import api as _api
+from asyncray._client import runtime as _runtime
+from asyncray._client.ref import ObjectRef
+from asyncray._client.remote_function import RemoteFunction, require_core
+from asyncray.exceptions import (
+    ActorDiedError,
+    AsyncRayError,
+    GetTimeoutError,
+    NodeDiedError,
+    ObjectLostError,
+    OutOfMemoryError,
+    SerializationError,
+    TaskCancelledError,
+    TaskError,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorDiedError",
+    "AsyncRayError",
+    "GetTimeoutError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "ObjectRef",
+    "OutOfMemoryError",
+    "SerializationError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskUnschedulableError",
+    "WorkerCrashedError",
+    "as_completed",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_actor",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "kill",
+    "method",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]
+
+
+def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInfo:
+    """Start an embedded local cluster (or, later, connect to one) and return where it is.
+
+    Args:
+        address: None for an embedded cluster owned by this process.
+        **kwargs: ``num_cpus``, ``num_gpus``, ``resources``, ``object_store_memory``,
+            ``namespace``, ``include_dashboard``, ``dashboard_host``, ``dashboard_port``,
+            ``ignore_reinit_error``, ``log_to_driver`` (SPEC section 2).
+
+    Raises:
+        RuntimeError: already initialized (unless ``ignore_reinit_error=True``).
+    """
+    address, opts = _api.normalize_init(address, kwargs)
+    rt = _runtime.current()
+    if rt is not None:
+        if opts["ignore_reinit_error"]:
+            assert rt.info is not None
+            return rt.info
+        raise RuntimeError("asyncray.init() was already called; call asyncray.shutdown() first, or pass ignore_reinit_error=True")
+    if address is not None:
+        raise NotImplementedError(f"connecting to an existing cluster ({address!r}) is not supported yet")
+    rt = _runtime.start_blocking(**_api.embedded_kwargs(opts))
+    assert rt.info is not None
+    return rt.info
+
+
+def shutdown() -> None:
+    """Stop everything ``init()`` started. Safe to call twice."""
+    rt = _runtime.current()
+    if rt is not None and rt.portal is None:
+        raise RuntimeError("the runtime was started with 'await asyncray.aio.init()'; stop it with 'await asyncray.aio.shutdown()'")
+    _runtime.stop_blocking()
+
+
+def is_initialized() -> bool:
+    """True between ``init()`` and ``shutdown()``."""
+    return _runtime.current() is not None
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a task or a class an actor; bare or with options.
+
+    ``@remote``, ``@remote(num_cpus=2)``, or ``remote(cls)`` on an undecorated class.
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("remote() takes a function or class, or only keyword options: @remote(num_cpus=2)")
+
+    def decorate(obj: Any) -> Any:
+        return _make_remote(obj, options)
+
+    return decorate
+
+
+def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
+    if isinstance(obj, type):
+        from asyncray._actor.handle import ActorClass
+
+        return ActorClass(obj, options)
+    if not callable(obj):
+        raise TypeError(f"remote() takes a function or a class, got {type(obj).__name__}")
+    return RemoteFunction(obj, options)
+
+
+def method(**options: Any) -> Any:
+    """Decorate an actor method with default options, e.g. ``@method(num_returns=2)``."""
+
+    def decorate(fn: Any) -> Any:
+        fn.__asyncray_method_options__ = options
+        return fn
+
+    return decorate
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value in the object store; returns its ObjectRef."""
+    return require_core("put()").put(value)
+
+
+def get(refs: Any, *, timeout: float | None = None) -> Any:
+    """Block for the value of a ref, or the values of a list of refs (same order).
+
+    Raises:
+        GetTimeoutError: not ready within ``timeout`` seconds.
+        TaskError: the task raised; also an instance of the original exception class.
+        RuntimeError: called from asyncray's own event loop; use ``await asyncray.aio.get``.
+    """
+    core = require_core("get()")
+    lst, single = _api.check_refs(refs, "get")
+    if not core.block_until_ready(lst, len(lst), timeout, "get"):
+        missing = sum(1 for r in lst if not core.is_ready(r))
+        raise GetTimeoutError(f"get() timed out after {timeout} s with {missing} of {len(lst)} refs not ready")
+    if single:
+        return core.load(lst[0])
+    return [core.load(r) for r in lst]
+
+
+def wait(
+    refs: Any = None, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True, **kwargs: Any
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Return ``(ready, not_ready)`` once ``num_returns`` refs are ready or ``timeout`` passes.
+
+    Both lists keep the input order.
+    """
+    refs = _api.wait_object_refs_kw(refs, kwargs)
+    lst = _api.check_wait(refs, num_returns, timeout)
+    core = require_core("wait()")
+    core.block_until_ready(lst, num_returns, timeout, "wait")
+    return core.split_ready(lst, num_returns)
+
+
+def as_completed(refs: Any, timeout: float | None = None) -> Iterator[ObjectRef]:
+    """Yield refs as their values become ready (completion order).
+
+    Raises:
+        GetTimeoutError: ``timeout`` seconds passed before all were ready.
+    """
+    pending, _ = _api.check_refs(refs, "as_completed")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    core = require_core("as_completed()")
+    while pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        core.block_until_ready(pending, 1, left, "as_completed")
+        ready = [r for r in pending if core.is_ready(r)]
+        if not ready:
+            raise GetTimeoutError(f"as_completed() timed out after {timeout} s with {len(pending)} refs not ready")
+        done = set(ready)
+        pending = [r for r in pending if r not in done]
+        yield from ready
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task behind ``ref``: a pending one never runs, a running one is interrupted.
+
+    ``get`` then raises TaskCancelledError. ``force=True`` ends the worker process.
+    """
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
+    core = require_core("cancel()")
+    core.call_soon(core.cancel, ref, force)
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of a named actor.
+
+    Raises:
+        ValueError: no live actor has that name in that namespace.
+    """
+    from asyncray import aio
+
+    return _run_on_core(aio.get_actor(name, namespace), "get_actor")
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """End an actor at once; its pending and later calls raise ActorDiedError."""
+    from asyncray import aio
+
+    _run_on_core(aio.kill(actor, no_restart=no_restart), "kill")
+
+
+def nodes() -> list[dict[str, Any]]:
+    """The cluster's nodes, as in Ray."""
+    core = require_core("nodes()")
+    return _api.nodes_view(_run_on_core(_api.cluster_state(core), "nodes"))
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the live nodes."""
+    core = require_core("cluster_resources()")
+    return _api.sum_resources(_run_on_core(_api.cluster_state(core), "cluster_resources"), "resources")
+
+
+def available_resources() -> dict[str, float]:
+    """Free resources of the live nodes."""
+    core = require_core("available_resources()")
+    return _api.sum_resources(_run_on_core(_api.cluster_state(core), "available_resources"), "available")
+
+
+def get_runtime_context() -> _api.RuntimeContext:
+    """Ids of the calling job, node, worker, task and actor."""
+    return _api.RuntimeContext(require_core("get_runtime_context()"))
+
+
+def _run_on_core(coro: Any, api: str) -> Any:
+    """Run a core coroutine from a blocking caller; never from the core's own loop."""
+    core = require_core(f"{api}()")
+    if core.on_loop_thread():
+        coro.close()
+        raise RuntimeError(
+            f"asyncray.{api}() would block the event loop that runs asyncray itself; "
+            f"use 'await asyncray.aio.{api}(...)' in async code"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, core.loop).result()

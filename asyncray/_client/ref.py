@@ -1,0 +1,85 @@
+"""ObjectRef: a future for a value somewhere in the cluster; awaitable (SPEC section 3)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from asyncray._client import context
+
+if TYPE_CHECKING:
+    from asyncray._client.core import Core
+
+
+class ObjectRef:
+    """Refers to an immutable value; ``await ref`` or ``asyncray.get(ref)`` returns it.
+
+    The process that made the ref owns the value; every other process that unpickles the
+    ref is a borrower and asks the owner for it.
+    """
+
+    __slots__ = ("_id", "_owner", "_core", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner: str, core: Core | None) -> None:
+        self._id = object_id
+        self._owner = owner
+        self._core = core
+        if core is not None:
+            core.incref(object_id)
+
+    def __del__(self) -> None:
+        core = self._core
+        if core is not None:
+            try:
+                core.decref(self._id)
+            except Exception:  # interpreter shutdown: nothing left to free
+                pass
+
+    @property
+    def id(self) -> bytes:
+        """The object id, as bytes."""
+        return self._id
+
+    @property
+    def owner(self) -> str:
+        """Address of the process that owns the value."""
+        return self._owner
+
+    def hex(self) -> str:
+        """The id as hex, as Ray's ``ObjectRef.hex()``."""
+        return self._id.hex()
+
+    def binary(self) -> bytes:
+        """The id as bytes, as Ray's ``ObjectRef.binary()``."""
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __reduce__(self) -> Any:
+        if self._core is not None:
+            self._core.ref_escaped(self._id)
+        return (_rebuild_ref, (self._id, self._owner))
+
+    def _require_core(self) -> Core:
+        if self._core is None:
+            raise RuntimeError("this ObjectRef belongs to no running asyncray runtime; call asyncray.init() first")
+        return self._core
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._require_core().get_async([self], None, single=True).__await__()
+
+    def future(self) -> concurrent.futures.Future[Any]:
+        """A ``concurrent.futures.Future`` that resolves to the value (or the task's error)."""
+        return self._require_core().concurrent_future(self)
+
+
+def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
+    return ObjectRef(object_id, owner, context.get_core())

@@ -1,0 +1,208 @@
+"""Starting and stopping the runtime of a driver: the embedded cluster, the core, the portal.
+
+``init()`` with no address starts a head service and a node service (with its worker pool)
+inside the driver, on the core's loop. They are separate services with their own state
+that talk through the same framed messages they would use across machines (SPEC 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from asyncray import _ids
+from asyncray._client.core import Core, install
+from asyncray._client.portal import Portal
+from asyncray._head.service import HeadService
+from asyncray._node.service import NodeConfig, NodeService
+
+log = logging.getLogger(__name__)
+
+
+def _default_store_root() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 * 1024**3
+
+
+@dataclass
+class RuntimeInfo:
+    """What ``init()`` returns: where things are. Also readable like a dict, as in Ray."""
+
+    address: str
+    node_id: str
+    session_dir: str
+    dashboard_url: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return hasattr(self, key)
+
+
+class Runtime:
+    """Everything one driver started: maybe an embedded cluster, always a core."""
+
+    def __init__(self) -> None:
+        self.portal: Portal | None = None
+        self.core: Core | None = None
+        self.head: HeadService | None = None
+        self.node: NodeService | None = None
+        self.session_dir = ""
+        self.info: RuntimeInfo | None = None
+        self.namespace = "default"
+
+    async def start_embedded(
+        self,
+        *,
+        num_cpus: float | None,
+        num_gpus: float | None,
+        resources: dict[str, float] | None,
+        object_store_memory: int | None,
+        namespace: str | None,
+        log_to_driver: bool,
+    ) -> RuntimeInfo:
+        """Start head, node and core on the running loop."""
+        cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
+        session = f"s{os.getpid()}-{secrets.token_hex(3)}"
+        self.session_dir = os.path.join(tempfile.gettempdir(), "asyncray-sessions", session)
+        os.makedirs(self.session_dir, exist_ok=True)
+        store_dir = os.path.join(_default_store_root(), f"asyncray-{session}")
+        memory = _total_memory()
+        total: dict[str, float] = {
+            "CPU": cpus,
+            "memory": float(int(memory * 0.7)),
+            "object_store_memory": float(object_store_memory or int(memory * 0.3)),
+            "node:127.0.0.1": 1.0,
+        }
+        if num_gpus:
+            total["GPU"] = float(num_gpus)
+        total.update({k: float(v) for k, v in (resources or {}).items()})
+        node_id = _ids.new_id()
+        self.namespace = namespace or "default"
+        self.head = HeadService(f"unix:{self.session_dir}/head.sock")
+        await self.head.start()
+        self.node = NodeService(
+            NodeConfig(
+                node_id=node_id,
+                address=f"unix:{self.session_dir}/node.sock",
+                head_address=self.head.address,
+                resources=total,
+                session_dir=self.session_dir,
+                store_dir=store_dir,
+                num_workers=max(1, int(cpus)),
+                worker_path=_worker_path(),
+            )
+        )
+        await self.node.start()
+        self.core = Core(
+            role="driver", node_address=self.node.address, head_address=self.head.address,
+            session_dir=self.session_dir, store_dir=store_dir, node_id=node_id, log_to_driver=log_to_driver,
+        )
+        await self.core.start()
+        install(self.core)
+        self.info = RuntimeInfo(address=self.head.address, node_id=node_id.hex(), session_dir=self.session_dir)
+        return self.info
+
+    async def stop(self) -> None:
+        """Stop the core, then the node (ending its workers), then the head."""
+        install(None)
+        try:
+            if self.core is not None:
+                await self.core.stop()
+            if self.node is not None:
+                await self.node.stop()
+            if self.head is not None:
+                await self.head.stop()
+        finally:
+            if self.session_dir and not os.environ.get("ASYNCRAY_KEEP_SESSION"):
+                shutil.rmtree(self.session_dir, ignore_errors=True)
+
+
+def _worker_path() -> list[str]:
+    """What workers put on sys.path: the driver's cwd and its sys.path (SPEC: import what the driver can)."""
+    paths = [os.getcwd()]
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file:
+        paths.append(os.path.dirname(os.path.abspath(main_file)))
+    paths += [p for p in sys.path if p and os.path.isdir(p)]
+    seen: set[str] = set()
+    return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+# ---------------------------------------------------------------- the process's runtime
+_current: Runtime | None = None
+
+
+def current() -> Runtime | None:
+    """The driver runtime started by init(), if any."""
+    return _current
+
+
+def set_current(rt: Runtime | None) -> None:
+    """Record (or clear) the driver runtime."""
+    global _current
+    _current = rt
+
+
+def start_blocking(**kwargs: Any) -> Runtime:
+    """Start a runtime on a fresh portal thread (the sync facade's ``init``)."""
+    rt = Runtime()
+    rt.portal = Portal()
+    t0 = time.perf_counter()
+    try:
+        rt.portal.call(rt.start_embedded(**kwargs))
+    except BaseException:
+        try:
+            rt.portal.call(rt.stop(), timeout=10)
+        finally:
+            rt.portal.stop()
+        raise
+    log.debug("runtime started in %.3f s", time.perf_counter() - t0)
+    set_current(rt)
+    return rt
+
+
+def stop_blocking() -> None:
+    """Stop the current runtime from a thread that is not its loop thread."""
+    rt = _current
+    if rt is None:
+        return
+    set_current(None)
+    if rt.portal is not None:
+        try:
+            rt.portal.call(rt.stop(), timeout=30)
+        finally:
+            rt.portal.stop()
+    elif rt.core is not None:
+        loop = rt.core.loop
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(rt.stop(), loop).result(30)
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    rt = _current
+    if rt is None:
+        return
+    try:
+        if rt.portal is not None:
+            stop_blocking()
+    except Exception:  # best effort at interpreter exit
+        pass

@@ -1,0 +1,97 @@
+"""What a submitted task is: the function, encoded arguments, dependencies, options."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asyncray._client.ref import ObjectRef
+from asyncray._store import serialization as ser
+from asyncray.exceptions import SerializationError
+
+if TYPE_CHECKING:
+    from asyncray._client.core import Core
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its owner's hands."""
+
+    SUBMITTED = "submitted"
+    WAITING_FOR_DEPS = "waiting_for_deps"
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class FunctionDescriptor:
+    """A function (or class) pickled once; workers cache it by content hash."""
+
+    name: str
+    blob: bytes
+    fn_id: bytes
+
+    @classmethod
+    def of(cls, obj: Any, name: str) -> FunctionDescriptor:
+        """Pickle ``obj`` by value or reference (cloudpickle decides) and hash the bytes."""
+        try:
+            blob = ser.dumps_function(obj)
+        except Exception as exc:
+            raise SerializationError(f"{name} cannot be pickled for remote execution: {exc}") from exc
+        return cls(name=name, blob=blob, fn_id=hashlib.blake2b(blob, digest_size=16).digest())
+
+
+@dataclass(slots=True, eq=False)
+class TaskSpec:
+    """One task (or actor call) from submission to its result."""
+
+    task_id: bytes
+    fn: FunctionDescriptor
+    args: list[Any]
+    kwargs: dict[str, Any]
+    deps: list[ObjectRef]
+    return_ids: list[bytes]
+    resources: dict[str, float]
+    max_retries: int = 3
+    retry_exceptions: Any = False
+    attempt: int = 0
+    cancelled: bool = False
+    state: TaskState = TaskState.SUBMITTED
+    pending_deps: int = 0
+    worker_pid: int = 0
+    actor: Any = None
+    method: str | None = None
+    seq: int = 0
+    sched_key: tuple[Any, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sched_key = tuple(sorted(self.resources.items()))
+
+
+def _encode_one(core: Core, value: Any, what: str, deps: list[ObjectRef]) -> list[Any]:
+    if type(value) is ObjectRef:
+        deps.append(value)
+        return [ser.REF, value.id]
+    try:
+        data, bufs = ser.dumps(value)
+    except Exception as exc:
+        raise SerializationError(f"{what} ({type(value).__name__}) cannot be pickled: {exc}") from exc
+    size = len(data) + sum(b.raw().nbytes for b in bufs)
+    if size <= ser.INLINE_MAX_BYTES:
+        return [ser.INLINE, data, [b.raw().tobytes() for b in bufs]]
+    # Large arguments go through the object store, never through a control frame (SPEC 2).
+    ref = core.put_serialized(value, (data, bufs))
+    deps.append(ref)
+    return [ser.REF, ref.id]
+
+
+def encode_args(
+    core: Core, name: str, args: Any, kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any], list[ObjectRef]]:
+    """Encode call arguments; top-level refs become dependencies resolved before the call."""
+    deps: list[ObjectRef] = []
+    arg_descs = [_encode_one(core, a, f"argument {i} of {name}()", deps) for i, a in enumerate(args)]
+    kw_descs = {k: _encode_one(core, v, f"argument {k!r} of {name}()", deps) for k, v in kwargs.items()}
+    return arg_descs, kw_descs, deps

@@ -1,0 +1,1 @@
+"""The node: local scheduler, worker pool, object store directory, log forwarding."""

@@ -1,0 +1,282 @@
+"""Pure local scheduler: resource accounting and worker leases, no I/O (STYLE section 3).
+
+Events go in (a lease is requested, a worker registered, a lease came back, a worker
+died, a task blocked in ``get``); actions come out (grant, reject, start or kill a worker,
+ask clients to give back idle leases). The node service carries the actions out.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+EPS = 1e-9
+
+
+class WorkerState(enum.Enum):
+    """Life of a pooled worker process."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    LEASED = "leased"
+    DEAD = "dead"
+
+
+@dataclass(slots=True)
+class WorkerRecord:
+    """What the scheduler knows of one worker process."""
+
+    worker_id: bytes
+    pid: int = 0
+    address: str = ""
+    state: WorkerState = WorkerState.STARTING
+    lease_id: int = 0
+    idle_since: float = 0.0
+
+
+@dataclass(slots=True)
+class LeaseRequest:
+    """A client's ask for a worker; ``client`` is any hashable the service uses."""
+
+    client: Any
+    rid: int
+    resources: dict[str, float]
+    dedicated: bool = False
+    label: str = ""
+
+
+@dataclass(slots=True)
+class Lease:
+    """A worker lent to a client with resources held for it."""
+
+    lease_id: int
+    worker_id: bytes
+    client: Any
+    resources: dict[str, float]
+    dedicated: bool
+    label: str = ""
+    blocked: bool = False
+
+
+@dataclass(slots=True)
+class Grant:
+    """Tell the client it has the worker."""
+
+    request: LeaseRequest
+    lease: Lease
+    worker: WorkerRecord
+
+
+@dataclass(slots=True)
+class Reject:
+    """Tell the client its request can never be met here."""
+
+    request: LeaseRequest
+    reason: str
+
+
+@dataclass(slots=True)
+class StartWorker:
+    """Spawn one more worker process (the id is pre-assigned)."""
+
+    worker_id: bytes
+
+
+@dataclass(slots=True)
+class KillWorker:
+    """End a worker process."""
+
+    worker_id: bytes
+
+
+@dataclass(slots=True)
+class Reclaim:
+    """Ask lease holders to return leases they keep idle."""
+
+
+Action = Grant | Reject | StartWorker | KillWorker | Reclaim
+
+
+def _fits(need: dict[str, float], have: dict[str, float]) -> bool:
+    return all(have.get(k, 0.0) + EPS >= v for k, v in need.items() if v > 0)
+
+
+@dataclass
+class LocalScheduler:
+    """Resource accounting and the worker pool's bookkeeping for one node."""
+
+    total: dict[str, float]
+    min_workers: int
+    new_worker_id: Any  # () -> bytes
+    idle_worker_timeout_s: float = 30.0
+    available: dict[str, float] = field(init=False)
+    workers: dict[bytes, WorkerRecord] = field(default_factory=dict)
+    leases: dict[int, Lease] = field(default_factory=dict)
+    queue: deque[LeaseRequest] = field(default_factory=deque)
+    _lease_ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.available = dict(self.total)
+
+    # ------------------------------------------------------------ events
+    def prestart(self) -> list[Action]:
+        """Start the pool's initial workers."""
+        return [self._start() for _ in range(self.min_workers)]
+
+    def request(self, req: LeaseRequest) -> list[Action]:
+        """A client wants a worker."""
+        for k, v in req.resources.items():
+            if v < 0:
+                return [Reject(req, f"resource {k!r} must not be negative, got {v}")]
+            if v > self.total.get(k, 0.0) + EPS:
+                have = self.total.get(k, 0.0)
+                return [Reject(req, f"asks for {k}={v:g} but no node has more than {have:g}")]
+        self.queue.append(req)
+        return self._schedule()
+
+    def cancel(self, client: Any, rid: int) -> list[Action]:
+        """A client withdrew a request it had not been granted yet."""
+        self.queue = deque(r for r in self.queue if not (r.client == client and r.rid == rid))
+        return []
+
+    def worker_registered(self, worker_id: bytes, pid: int, address: str, now: float) -> list[Action]:
+        """A started worker is ready for work."""
+        rec = self.workers.get(worker_id)
+        if rec is None or rec.state is WorkerState.DEAD:
+            return [KillWorker(worker_id)]
+        rec.pid, rec.address, rec.state, rec.idle_since = pid, address, WorkerState.IDLE, now
+        return self._schedule()
+
+    def lease_returned(self, lease_id: int, now: float, kill: bool = False) -> list[Action]:
+        """A client gave a worker back."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return []
+        self._release(lease)
+        rec = self.workers.get(lease.worker_id)
+        actions: list[Action] = []
+        if rec is not None and rec.state is WorkerState.LEASED:
+            if kill or lease.dedicated:
+                rec.state = WorkerState.DEAD
+                actions.append(KillWorker(rec.worker_id))
+            else:
+                rec.state, rec.lease_id, rec.idle_since = WorkerState.IDLE, 0, now
+        return actions + self._schedule()
+
+    def worker_died(self, worker_id: bytes) -> list[Action]:
+        """A worker process exited or its connection dropped."""
+        rec = self.workers.pop(worker_id, None)
+        if rec is None:
+            return []
+        if rec.lease_id:
+            lease = self.leases.pop(rec.lease_id, None)
+            if lease is not None:
+                self._release(lease)
+        rec.state = WorkerState.DEAD
+        actions: list[Action] = []
+        alive = sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
+        if alive < self.min_workers:
+            actions.append(self._start())
+        return actions + self._schedule()
+
+    def client_gone(self, client: Any) -> list[Action]:
+        """A client disconnected: drop its requests; its leased workers are killed."""
+        self.queue = deque(r for r in self.queue if r.client != client)
+        actions: list[Action] = []
+        for lease in [lz for lz in self.leases.values() if lz.client == client]:
+            del self.leases[lease.lease_id]
+            self._release(lease)
+            rec = self.workers.get(lease.worker_id)
+            if rec is not None:
+                rec.state = WorkerState.DEAD
+                actions.append(KillWorker(rec.worker_id))
+        return actions + self._schedule()
+
+    def blocked(self, worker_id: bytes) -> list[Action]:
+        """The worker's task waits in ``get``: lend its CPUs to others (SPEC section 3)."""
+        lease = self._lease_of(worker_id)
+        if lease is None or lease.blocked:
+            return []
+        lease.blocked = True
+        cpu = lease.resources.get("CPU", 0.0)
+        self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+        return self._schedule()
+
+    def unblocked(self, worker_id: bytes) -> list[Action]:
+        """The task resumed: take its CPUs back (may briefly overcommit, as Ray does)."""
+        lease = self._lease_of(worker_id)
+        if lease is None or not lease.blocked:
+            return []
+        lease.blocked = False
+        self.available["CPU"] = self.available.get("CPU", 0.0) - lease.resources.get("CPU", 0.0)
+        return []
+
+    def reap_idle(self, now: float) -> list[Action]:
+        """Kill workers beyond the pool's minimum that sat idle too long."""
+        actions: list[Action] = []
+        alive = [w for w in self.workers.values() if w.state is not WorkerState.DEAD]
+        extra = len(alive) - self.min_workers
+        for rec in alive:
+            if extra <= 0:
+                break
+            if rec.state is WorkerState.IDLE and now - rec.idle_since > self.idle_worker_timeout_s:
+                rec.state = WorkerState.DEAD
+                actions.append(KillWorker(rec.worker_id))
+                extra -= 1
+        return actions
+
+    # ------------------------------------------------------------ internals
+    def _lease_of(self, worker_id: bytes) -> Lease | None:
+        rec = self.workers.get(worker_id)
+        return self.leases.get(rec.lease_id) if rec is not None and rec.lease_id else None
+
+    def _release(self, lease: Lease) -> None:
+        for k, v in lease.resources.items():
+            if k == "CPU" and lease.blocked:
+                continue  # already lent out while blocked
+            self.available[k] = self.available.get(k, 0.0) + v
+
+    def _start(self) -> StartWorker:
+        wid = self.new_worker_id()
+        self.workers[wid] = WorkerRecord(worker_id=wid)
+        return StartWorker(wid)
+
+    def _schedule(self) -> list[Action]:
+        actions: list[Action] = []
+        if not self.queue:
+            return actions
+        idle = [w for w in self.workers.values() if w.state is WorkerState.IDLE]
+        starting = sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+        waiting: deque[LeaseRequest] = deque()
+        blocked_by_resources = False
+        # Requests waiting for a worker to start still reserve their share here, so that
+        # five 1-CPU requests on a 2-CPU node start two workers, not five.
+        room = dict(self.available)
+        for req in self.queue:
+            if not _fits(req.resources, room):
+                waiting.append(req)
+                blocked_by_resources = True
+                continue
+            for k, v in req.resources.items():
+                room[k] = room.get(k, 0.0) - v
+            if not idle:
+                waiting.append(req)
+                if starting == 0:
+                    actions.append(self._start())
+                else:
+                    starting -= 1
+                continue
+            rec = idle.pop()
+            for k, v in req.resources.items():
+                self.available[k] = self.available.get(k, 0.0) - v
+            lease = Lease(next(self._lease_ids), rec.worker_id, req.client, dict(req.resources), req.dedicated, req.label)
+            self.leases[lease.lease_id] = lease
+            rec.state, rec.lease_id = WorkerState.LEASED, lease.lease_id
+            actions.append(Grant(req, lease, rec))
+        self.queue = waiting
+        if blocked_by_resources and any(not lz.dedicated for lz in self.leases.values()):
+            actions.append(Reclaim())
+        return actions

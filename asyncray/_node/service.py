@@ -1,0 +1,248 @@
+"""The node service: carries out the local scheduler's actions over real processes and sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from asyncray import _ids
+from asyncray._node import scheduler as sch
+from asyncray._service import Service
+from asyncray._store.shm import ObjectStore
+from asyncray._wire import messages as m
+from asyncray._wire.connection import Connection, connect, serve
+
+log = logging.getLogger(__name__)
+
+RESOURCE_REPORT_DELAY_S = 0.05
+REAP_INTERVAL_S = 5.0
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs to know at start."""
+
+    node_id: bytes
+    address: str
+    head_address: str
+    resources: dict[str, float]
+    session_dir: str
+    store_dir: str
+    num_workers: int
+    token: str = ""
+    worker_cwd: str = field(default_factory=os.getcwd)
+    worker_path: list[str] = field(default_factory=list)
+
+
+class NodeService(Service):
+    """Local scheduler, worker pool, log forwarding; registers with the head."""
+
+    name = "node"
+
+    def __init__(self, config: NodeConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.node_id = config.node_id
+        self.address = config.address
+        self.store = ObjectStore(config.store_dir)
+        self.scheduler = sch.LocalScheduler(
+            total=dict(config.resources), min_workers=config.num_workers, new_worker_id=_ids.new_id
+        )
+        self._procs: dict[bytes, asyncio.subprocess.Process] = {}
+        self._worker_conns: dict[bytes, Connection] = {}
+        self._clients: set[Connection] = set()
+        self._log_subscribers: set[Connection] = set()
+        self._head: Connection | None = None
+        self._report_scheduled = False
+        self.log_dir = os.path.join(config.session_dir, "logs")
+
+    # ------------------------------------------------------------ lifecycle
+    async def _start(self) -> None:
+        os.makedirs(self.log_dir, exist_ok=True)
+        server, self.address = await serve(
+            self.address, self._on_message, token=self.config.token, name="node", on_close=self._on_close
+        )
+        self._servers.append(server)
+        self._head = await connect(
+            self.config.head_address, self._on_head_message, role="node", token=self.config.token,
+            peer_id=self.node_id, name="node->head",
+        )
+        await self._head.request(
+            m.RegisterNode(
+                rid=0, node_id=self.node_id, address=self.address, resources=self.config.resources,
+                info={"pid": os.getpid(), "store_dir": self.config.store_dir, "hostname": os.uname().nodename},
+            )
+        )
+        self._apply(self.scheduler.prestart())
+        self.spawn(self._reap_loop(), "reap-idle-workers")
+
+    async def _stop(self) -> None:
+        for conn in list(self._worker_conns.values()) + list(self._clients):
+            conn.close()
+        if self._head is not None:
+            self._head.close()
+        procs = list(self._procs.values())
+        for proc in procs:
+            if proc.returncode is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 2.0
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), max(0.05, deadline - time.monotonic()))
+            except (TimeoutError, asyncio.TimeoutError):
+                proc.kill()
+                await proc.wait()
+        self.store.destroy()
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            self._apply(self.scheduler.reap_idle(time.monotonic()))
+
+    # ------------------------------------------------------------ actions
+    def _apply(self, actions: list[sch.Action]) -> None:
+        for act in actions:
+            if isinstance(act, sch.Grant):
+                act.request.client.reply(
+                    act.request.rid,
+                    {
+                        "lease_id": act.lease.lease_id,
+                        "worker_id": act.worker.worker_id,
+                        "address": act.worker.address,
+                        "pid": act.worker.pid,
+                        "node_id": self.node_id,
+                    },
+                )
+            elif isinstance(act, sch.Reject):
+                act.request.client.reply(act.request.rid, error=f"unschedulable: {act.reason}")
+            elif isinstance(act, sch.StartWorker):
+                self.spawn(self._start_worker(act.worker_id), "start-worker")
+            elif isinstance(act, sch.KillWorker):
+                self._kill_worker(act.worker_id)
+            elif isinstance(act, sch.Reclaim):
+                for client in self._clients:
+                    if client.is_open:
+                        client.send(m.ReclaimIdle())
+        self._schedule_report()
+
+    def _schedule_report(self) -> None:
+        if self._report_scheduled or self._head is None:
+            return
+        self._report_scheduled = True
+
+        def report() -> None:
+            self._report_scheduled = False
+            if self._head is not None and self._head.is_open:
+                avail = {k: max(0.0, v) for k, v in self.scheduler.available.items()}
+                self._head.send(m.NodeResources(node_id=self.node_id, available=avail))
+
+        asyncio.get_running_loop().call_later(RESOURCE_REPORT_DELAY_S, report)
+
+    async def _start_worker(self, worker_id: bytes) -> None:
+        env = dict(os.environ)
+        env.update(
+            ASYNCRAY_NODE_ADDRESS=self.address,
+            ASYNCRAY_HEAD_ADDRESS=self.config.head_address,
+            ASYNCRAY_NODE_ID=self.node_id.hex(),
+            ASYNCRAY_WORKER_ID=worker_id.hex(),
+            ASYNCRAY_SESSION_DIR=self.config.session_dir,
+            ASYNCRAY_STORE_DIR=self.config.store_dir,
+            ASYNCRAY_TOKEN=self.config.token,
+        )
+        if self.config.worker_path:
+            env["PYTHONPATH"] = os.pathsep.join(self.config.worker_path)
+        logfile = os.path.join(self.log_dir, f"worker-{worker_id.hex()[:12]}.log")
+        with open(logfile, "ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "asyncray._worker",
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                cwd=self.config.worker_cwd, env=env, start_new_session=True,
+            )
+        self._procs[worker_id] = proc
+        rec = self.scheduler.workers.get(worker_id)
+        if rec is not None:
+            rec.pid = proc.pid
+        self.spawn(self._watch(worker_id, proc), "watch-worker")
+
+    async def _watch(self, worker_id: bytes, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        self._procs.pop(worker_id, None)
+        if not self._stopped:
+            if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
+                log.info("worker %s (pid %d) exited with %s", _ids.short(worker_id), proc.pid, code)
+            self._apply(self.scheduler.worker_died(worker_id))
+
+    def _kill_worker(self, worker_id: bytes) -> None:
+        proc = self._procs.get(worker_id)
+        if proc is not None and proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+
+    # ------------------------------------------------------------ messages
+    def _on_message(self, conn: Connection, msg: m.Message) -> None:
+        now = time.monotonic()
+        if isinstance(msg, m.RequestLease):
+            self._clients.add(conn)
+            self._apply(self.scheduler.request(sch.LeaseRequest(conn, msg.rid, msg.resources, msg.dedicated, msg.label)))
+        elif isinstance(msg, m.ReturnLease):
+            self._apply(self.scheduler.lease_returned(msg.lease_id, now, msg.kill))
+        elif isinstance(msg, m.LogLines):
+            for sub in self._log_subscribers:
+                if sub.is_open:
+                    sub.send(msg)
+        elif isinstance(msg, m.WorkerBlocked):
+            self._apply(self.scheduler.blocked(msg.worker_id))
+        elif isinstance(msg, m.WorkerUnblocked):
+            self._apply(self.scheduler.unblocked(msg.worker_id))
+        elif isinstance(msg, m.CancelLeaseRequest):
+            self._apply(self.scheduler.cancel(conn, msg.rid))
+        elif isinstance(msg, m.RegisterWorker):
+            conn.state["worker_id"] = msg.worker_id
+            self._worker_conns[msg.worker_id] = conn
+            self._apply(self.scheduler.worker_registered(msg.worker_id, msg.pid, msg.address, now))
+        elif isinstance(msg, m.KillWorker):
+            self._kill_worker(msg.worker_id)
+        elif isinstance(msg, m.SubscribeLogs):
+            self._log_subscribers.add(conn)
+        elif isinstance(msg, m.GetNodeInfo):
+            conn.reply(msg.rid, self.info())
+        else:
+            log.warning("node: unexpected %s", type(msg).__name__)
+
+    def _on_head_message(self, conn: Connection, msg: m.Message) -> None:
+        log.debug("node: head sent %s", type(msg).__name__)
+
+    def _on_close(self, conn: Connection) -> None:
+        self._log_subscribers.discard(conn)
+        worker_id = conn.state.get("worker_id")
+        if worker_id is not None:
+            self._worker_conns.pop(worker_id, None)
+            self._kill_worker(worker_id)  # a worker that hung up is no use; its watcher cleans up
+        if conn in self._clients:
+            self._clients.discard(conn)
+            if not self._stopped:
+                self._apply(self.scheduler.client_gone(conn))
+
+    def info(self) -> dict[str, Any]:
+        """The node's state, for ``nodes()``, the CLI and the dashboard."""
+        return {
+            "node_id": self.node_id,
+            "address": self.address,
+            "resources": self.scheduler.total,
+            "available": self.scheduler.available,
+            "workers": [
+                {"worker_id": w.worker_id, "pid": w.pid, "state": w.state.value, "lease_id": w.lease_id}
+                for w in self.scheduler.workers.values()
+            ],
+        }

@@ -1,0 +1,1 @@
+"""Wire layer: frame codec, typed messages and the one module that owns sockets."""

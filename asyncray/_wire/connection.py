@@ -1,0 +1,230 @@
+"""The only module that touches sockets: a framed, request/reply-capable connection.
+
+Built on ``asyncio.Protocol`` rather than streams: one ``data_received`` call may complete
+many frames, and frames sent in one loop iteration are coalesced into a single write
+(PERF-NOTES: one frame per syscall is the slow way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from asyncray._wire.codec import FrameDecoder, encode
+from asyncray._wire.messages import Hello, Message, ProtocolError, Reply
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Connection", Message], None]
+
+
+class ConnectionLost(ConnectionError):
+    """The peer went away while a request was outstanding."""
+
+
+class RemoteCallError(Exception):
+    """The peer answered a request with an error message."""
+
+
+class Connection(asyncio.Protocol):
+    """One framed connection. ``handler`` sees every non-reply message, in order."""
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        name: str = "",
+        token: str = "",
+        expect_hello: bool = False,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.name = name
+        self.on_close = on_close
+        self.peer: Hello | None = None
+        self.state: dict[str, Any] = {}  # per-connection scratch owned by the service
+        self._token = token
+        self._expect_hello = expect_hello
+        self._decoder = FrameDecoder()
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._rids = itertools.count(1)
+        self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    # ------------------------------------------------------------ protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        try:
+            msgs = self._decoder.feed(data)
+        except ProtocolError as exc:
+            log.warning("protocol error on %s, closing it: %s", self.name or "connection", exc)
+            self.close()
+            return
+        for msg in msgs:
+            if self._expect_hello:
+                if not (isinstance(msg, Hello) and msg.token == self._token):
+                    log.warning("connection %s refused: missing or wrong cluster token", self.name)
+                    self.close()
+                    return
+                self._expect_hello = False
+                self.peer = msg
+                continue
+            if type(msg) is Reply:
+                fut = self._pending.pop(msg.rid, None)
+                if fut is not None and not fut.done():
+                    if msg.error is not None:
+                        fut.set_exception(RemoteCallError(msg.error))
+                    else:
+                        fut.set_result(msg.value)
+                continue
+            if self.handler is None:
+                continue
+            try:
+                self.handler(self, msg)
+            except Exception:
+                log.exception("handler failed on %s for %s", self.name, type(msg).__name__)
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+        self._transport = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost(f"connection {self.name} lost"))
+        self._pending.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.on_close is not None:
+            try:
+                self.on_close(self)
+            except Exception:
+                log.exception("on_close failed for %s", self.name)
+
+    # ------------------------------------------------------------ sending
+    @property
+    def is_open(self) -> bool:
+        """True until the transport closes."""
+        return self._transport is not None and not self._transport.is_closing()
+
+    def send(self, msg: Message) -> None:
+        """Queue a message; everything queued in one loop iteration goes in one write."""
+        if self._transport is None:
+            raise ConnectionLost(f"connection {self.name} is closed")
+        self._out.append(encode(msg))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self._transport is not None and out:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def next_rid(self) -> int:
+        """A request id unique on this connection."""
+        return next(self._rids)
+
+    def request(self, msg: Message) -> asyncio.Future[Any]:
+        """Send a request (its ``rid`` is filled in) and return a future for the Reply value."""
+        rid = self.next_rid()
+        msg.rid = rid  # type: ignore[attr-defined]
+        fut = self._loop.create_future()
+        self._pending[rid] = fut
+        self.send(msg)
+        return fut
+
+    def reply(self, rid: int, value: Any = None, error: str | None = None) -> None:
+        """Answer a request; a closed connection drops the answer silently."""
+        if self._transport is not None:
+            self.send(Reply(rid=rid, value=value, error=error))
+
+    def close(self) -> None:
+        """Flush what is queued and close."""
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping queued output."""
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def parse_address(address: str) -> tuple[str, str | tuple[str, int]]:
+    """``unix:/path`` or ``host:port`` -> (family, target)."""
+    if address.startswith("unix:"):
+        return "unix", address[5:]
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"bad address {address!r}: expected 'host:port' or 'unix:/path'")
+    return "tcp", (host.strip("[]"), int(port))
+
+
+async def connect(
+    address: str,
+    handler: Handler | None = None,
+    *,
+    role: str,
+    token: str = "",
+    peer_id: bytes = b"",
+    name: str = "",
+    on_close: Callable[[Connection], None] | None = None,
+) -> Connection:
+    """Open a connection and send the Hello frame."""
+    loop = asyncio.get_running_loop()
+    family, target = parse_address(address)
+
+    def factory() -> Connection:
+        return Connection(handler, name=name or address, on_close=on_close)
+
+    if family == "unix":
+        assert isinstance(target, str)
+        _, conn = await loop.create_unix_connection(factory, target)
+    else:
+        assert isinstance(target, tuple)
+        _, conn = await loop.create_connection(factory, target[0], target[1])
+    conn.send(Hello(role=role, token=token, peer_id=peer_id))
+    return conn
+
+
+async def serve(
+    address: str,
+    handler: Handler,
+    *,
+    token: str = "",
+    name: str = "",
+    on_open: Callable[[Connection], None] | None = None,
+    on_close: Callable[[Connection], None] | None = None,
+) -> tuple[asyncio.AbstractServer, str]:
+    """Listen at ``address`` (port 0 picks one); return the server and the real address.
+
+    Every accepted connection must open with a Hello carrying ``token``, else it is closed
+    before any other frame is looked at.
+    """
+    loop = asyncio.get_running_loop()
+    family, target = parse_address(address)
+
+    def factory() -> Connection:
+        conn = Connection(handler, name=name, token=token, expect_hello=True, on_close=on_close)
+        if on_open is not None:
+            on_open(conn)
+        return conn
+
+    if family == "unix":
+        assert isinstance(target, str)
+        if os.path.exists(target):
+            os.unlink(target)
+        server = await loop.create_unix_server(factory, target)
+        return server, address
+    assert isinstance(target, tuple)
+    server = await loop.create_server(factory, target[0], target[1])
+    port = server.sockets[0].getsockname()[1]
+    return server, f"{target[0]}:{port}"

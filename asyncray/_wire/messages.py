@@ -1,0 +1,316 @@
+"""Typed control messages. Each kind is a slotted dataclass with an explicit wire form.
+
+A message travels as one msgpack map: ``{"k": kind, <field>: <value>, ...}``. Values are
+msgpack-native (bytes, str, int, float, bool, None, lists, str-keyed maps). User data never
+appears here as Python objects: it is pickled first (see ``asyncray._store.serialization``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not a valid frame or message; close the connection."""
+
+
+_REGISTRY: dict[str, type[Message]] = {}
+M = TypeVar("M", bound="type[Message]")
+
+
+class Message:
+    """Base of all messages. Subclasses are registered with :func:`message`."""
+
+    __slots__ = ()
+    KIND: ClassVar[str] = ""
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack map for this message."""
+        d: dict[str, Any] = {"k": self.KIND}
+        for name in self._FIELDS:
+            d[name] = getattr(self, name)
+        return d
+
+
+def message(kind: str):  # noqa: ANN201 - decorator factory
+    """Register a dataclass as the message of the given kind."""
+
+    def register(cls: M) -> M:
+        if kind in _REGISTRY:
+            raise ValueError(f"message kind {kind!r} registered twice")
+        cls.KIND = kind
+        cls._FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        _REGISTRY[kind] = cls
+        return cls
+
+    return register
+
+
+def from_wire(obj: Any) -> Message:
+    """Build the typed message from a decoded msgpack map.
+
+    Raises:
+        ProtocolError: not a map, unknown kind, or missing/unknown fields.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"frame is a {type(obj).__name__}, expected a map")
+    kind = obj.pop("k", None)
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    try:
+        return cls(**obj)
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {kind!r}: {exc}") from exc
+
+
+def kinds() -> dict[str, type[Message]]:
+    """All registered message kinds (for tests and docs)."""
+    return dict(_REGISTRY)
+
+
+# ---------------------------------------------------------------- generic reply
+@message("reply")
+@dataclass(slots=True)
+class Reply(Message):
+    """Answer to any request carrying ``rid``; ``error`` is a message, ``value`` the payload."""
+
+    rid: int
+    value: Any = None
+    error: str | None = None
+
+
+@message("hello")
+@dataclass(slots=True)
+class Hello(Message):
+    """First frame on every connection: who is calling, proven by the cluster token."""
+
+    role: str
+    token: str = ""
+    peer_id: bytes = b""
+
+
+# ---------------------------------------------------------------- worker <-> node
+@message("register_worker")
+@dataclass(slots=True)
+class RegisterWorker(Message):
+    """A freshly started worker announces itself to its node."""
+
+    worker_id: bytes
+    pid: int
+    address: str
+
+
+@message("worker_blocked")
+@dataclass(slots=True)
+class WorkerBlocked(Message):
+    """The worker's task waits in ``get``: its CPU can be lent out (SPEC section 3)."""
+
+    worker_id: bytes
+
+
+@message("worker_unblocked")
+@dataclass(slots=True)
+class WorkerUnblocked(Message):
+    """The worker's task resumed after ``get``: take its CPU back."""
+
+    worker_id: bytes
+
+
+@message("log_lines")
+@dataclass(slots=True)
+class LogLines(Message):
+    """Worker output: ``lines`` is a list of [prefix, stream, text]."""
+
+    worker_id: bytes
+    pid: int
+    lines: list[Any]
+
+
+@message("subscribe_logs")
+@dataclass(slots=True)
+class SubscribeLogs(Message):
+    """A driver asks its node to forward worker output to it."""
+
+
+# ---------------------------------------------------------------- client <-> node
+@message("request_lease")
+@dataclass(slots=True)
+class RequestLease(Message):
+    """Ask for a worker with these resources; answered by a Reply with a lease map."""
+
+    rid: int
+    resources: dict[str, float]
+    dedicated: bool = False  # an actor keeps the worker for its lifetime
+    label: str = ""
+
+
+@message("cancel_lease_request")
+@dataclass(slots=True)
+class CancelLeaseRequest(Message):
+    """The client no longer needs the lease it asked for with ``rid``."""
+
+    rid: int
+
+
+@message("return_lease")
+@dataclass(slots=True)
+class ReturnLease(Message):
+    """Give a leased worker back; ``kill`` asks the node to end the process."""
+
+    lease_id: int
+    kill: bool = False
+
+
+@message("reclaim_idle")
+@dataclass(slots=True)
+class ReclaimIdle(Message):
+    """The node has queued requests: return leases that sit idle."""
+
+
+@message("kill_worker")
+@dataclass(slots=True)
+class KillWorker(Message):
+    """Ask the node to SIGKILL one of its workers (force-cancel, actor kill)."""
+
+    worker_id: bytes
+
+
+@message("node_info")
+@dataclass(slots=True)
+class GetNodeInfo(Message):
+    """Ask a node for its state; answered by a Reply with a map."""
+
+    rid: int
+
+
+# ---------------------------------------------------------------- node <-> head
+@message("register_node")
+@dataclass(slots=True)
+class RegisterNode(Message):
+    """A node joins the cluster."""
+
+    rid: int
+    node_id: bytes
+    address: str
+    resources: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@message("node_resources")
+@dataclass(slots=True)
+class NodeResources(Message):
+    """A node's free resources changed (also serves as its heartbeat)."""
+
+    node_id: bytes
+    available: dict[str, float]
+
+
+@message("cluster_state")
+@dataclass(slots=True)
+class GetClusterState(Message):
+    """Ask the head for every node and its resources; answered by a Reply."""
+
+    rid: int
+
+
+# ---------------------------------------------------------------- actor directory (head)
+@message("register_actor")
+@dataclass(slots=True)
+class RegisterActor(Message):
+    """Record an actor; a taken ``name`` in ``namespace`` gets an error Reply."""
+
+    rid: int
+    actor_id: bytes
+    name: str
+    namespace: str
+    info: dict[str, Any]
+    get_if_exists: bool = False
+
+
+@message("update_actor")
+@dataclass(slots=True)
+class UpdateActor(Message):
+    """Change an actor's directory entry (address after a (re)start, state on death)."""
+
+    actor_id: bytes
+    info: dict[str, Any]
+
+
+@message("lookup_actor")
+@dataclass(slots=True)
+class LookupActor(Message):
+    """Find a named actor; the Reply value is its entry or None."""
+
+    rid: int
+    name: str
+    namespace: str
+
+
+# ---------------------------------------------------------------- owner/submitter <-> worker
+@message("push_task")
+@dataclass(slots=True)
+class PushTask(Message):
+    """Run one task (or actor call) on the leased worker; answered by TaskDone.
+
+    ``args``/``kwargs`` hold value descriptors (see serialization). ``fn_blob`` is sent
+    the first time a function goes over a connection; after that only ``fn_id``.
+    """
+
+    task_id: bytes
+    fn_id: bytes
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    return_ids: list[bytes]
+    owner: str
+    fn_blob: bytes | None = None
+    actor_id: bytes | None = None
+    method: str | None = None
+    seq: int = 0
+    caller: bytes = b""
+
+
+@message("task_done")
+@dataclass(slots=True)
+class TaskDone(Message):
+    """The outcome of a pushed task: one value descriptor per return id."""
+
+    task_id: bytes
+    results: list[Any]
+    failed: bool = False
+
+
+@message("cancel_task")
+@dataclass(slots=True)
+class CancelTask(Message):
+    """Interrupt a running task; ``force`` ends the worker process."""
+
+    task_id: bytes
+    force: bool = False
+
+
+@message("get_object")
+@dataclass(slots=True)
+class GetObject(Message):
+    """A borrower asks the owner for an object; the Reply value is a descriptor."""
+
+    rid: int
+    object_id: bytes
+
+
+@message("create_actor")
+@dataclass(slots=True)
+class CreateActor(Message):
+    """Build an actor instance on a dedicated worker; answered by a Reply."""
+
+    rid: int
+    actor_id: bytes
+    class_blob: bytes
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    max_concurrency: int
+    owner: str

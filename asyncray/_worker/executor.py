@@ -1,0 +1,184 @@
+"""Runs pushed tasks: sync functions on the task thread, ``async def`` ones on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import logging
+import os
+import queue
+import threading
+import traceback
+from typing import Any
+
+from asyncray._client import context
+from asyncray._store import serialization as ser
+from asyncray._wire import messages as m
+from asyncray._wire.connection import Connection
+from asyncray.exceptions import TaskCancelledError, TaskError
+
+log = logging.getLogger(__name__)
+
+
+def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    """Interrupt a thread running Python code by raising ``exc_type`` in it."""
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    return n == 1
+
+
+class TaskExecutor:
+    """Executes PushTask messages for one worker process."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.loop: asyncio.AbstractEventLoop = core.loop
+        self.functions: dict[bytes, Any] = {}
+        self.actor_host: Any = None  # set when this worker hosts an actor
+        self._sync_queue: queue.SimpleQueue[tuple[Connection, m.PushTask, Any] | None] = queue.SimpleQueue()
+        self._running: dict[bytes, Any] = {}  # task_id -> thread id or asyncio.Task
+        self._thread = threading.Thread(target=self._task_thread, name="asyncray-task", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ dispatch (loop thread)
+    def handle(self, conn: Connection, msg: m.Message) -> None:
+        """Entry point from the core's message handler."""
+        if isinstance(msg, m.PushTask):
+            if msg.actor_id is not None:
+                if self.actor_host is None:
+                    self._reply_error(conn, msg, RuntimeError("this worker hosts no actor"))
+                else:
+                    self.actor_host.call(conn, msg)
+                return
+            self._start_task(conn, msg)
+        elif isinstance(msg, m.CancelTask):
+            self.cancel(msg.task_id, msg.force)
+        elif isinstance(msg, m.CreateActor):
+            from asyncray._actor.host import ActorHost
+
+            ActorHost.create(self, conn, msg)
+
+    def function(self, msg: m.PushTask) -> Any:
+        """The function for a message, unpickled once per content hash."""
+        fn = self.functions.get(msg.fn_id)
+        if fn is None:
+            if msg.fn_blob is None:
+                raise RuntimeError(f"function {msg.name} was never sent to this worker")
+            fn = ser.loads(msg.fn_blob)
+            self.functions[msg.fn_id] = fn
+        return fn
+
+    def _start_task(self, conn: Connection, msg: m.PushTask) -> None:
+        try:
+            fn = self.function(msg)
+        except Exception as exc:
+            self._reply_error(conn, msg, exc)
+            return
+        if inspect.iscoroutinefunction(fn):
+            task = self.loop.create_task(self._run_async(conn, msg, fn))
+            self._running[msg.task_id] = task
+            task.add_done_callback(lambda _t: self._running.pop(msg.task_id, None))
+        else:
+            self._sync_queue.put((conn, msg, fn))
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        """Interrupt a running task; ``force`` ends this worker process."""
+        target = self._running.get(task_id)
+        if target is None:
+            return
+        if force:
+            os._exit(1)
+        if isinstance(target, asyncio.Task):
+            target.cancel()
+        else:
+            raise_in_thread(target, TaskCancelledError)
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A submitter went away; its running tasks' results have nowhere to go."""
+        if self.actor_host is not None:
+            self.actor_host.connection_lost(conn)
+
+    # ------------------------------------------------------------ running
+    def _task_thread(self) -> None:
+        while True:
+            item = self._sync_queue.get()
+            if item is None:
+                return
+            conn, msg, fn = item
+            self._running[msg.task_id] = threading.get_ident()
+            try:
+                results, failed = run_sync(self.core, msg, fn, None)
+            finally:
+                self._running.pop(msg.task_id, None)
+            self.loop.call_soon_threadsafe(send_done, conn, msg.task_id, results, failed)
+
+    async def _run_async(self, conn: Connection, msg: m.PushTask, fn: Any) -> None:
+        results, failed = await run_async(self.core, msg, fn, None)
+        send_done(conn, msg.task_id, results, failed)
+
+    def _reply_error(self, conn: Connection, msg: m.PushTask, exc: BaseException) -> None:
+        desc = failure_descriptor(exc, msg.name)
+        send_done(conn, msg.task_id, [desc] * len(msg.return_ids), True)
+
+
+# ---------------------------------------------------------------- shared with the actor host
+def send_done(conn: Connection, task_id: bytes, results: list[Any], failed: bool) -> None:
+    """Reply to the submitter, if it is still there."""
+    if conn.is_open:
+        conn.send(m.TaskDone(task_id=task_id, results=results, failed=failed))
+
+
+def failure_descriptor(exc: BaseException, name: str) -> list[Any]:
+    """The descriptor for an exception raised by user code (or a cancellation)."""
+    if isinstance(exc, TaskCancelledError | asyncio.CancelledError):
+        return ser.error_descriptor(TaskCancelledError(f"task {name} was cancelled"))
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return ser.error_descriptor(TaskError.wrap(exc, name, tb))
+
+
+def decode_args(core: Any, msg: m.PushTask) -> tuple[list[Any], dict[str, Any]]:
+    """Rebuild call arguments from their descriptors."""
+    store = core.store
+    args = [ser.load_descriptor(d, store) for d in msg.args]
+    kwargs = {k: ser.load_descriptor(d, store) for k, d in msg.kwargs.items()}
+    return args, kwargs
+
+
+def encode_results(core: Any, msg: m.PushTask, value: Any) -> list[Any]:
+    """One descriptor per return id; a wrong number of values is the user's error."""
+    ids = msg.return_ids
+    if len(ids) == 1:
+        return [ser.make_descriptor(value, core.store, ids[0])]
+    if len(ids) == 0:
+        return []
+    try:
+        values = list(value)
+    except TypeError:
+        raise ValueError(f"{msg.name}() has num_returns={len(ids)} but returned a {type(value).__name__}") from None
+    if len(values) != len(ids):
+        raise ValueError(f"{msg.name}() has num_returns={len(ids)} but returned {len(values)} values")
+    return [ser.make_descriptor(v, core.store, oid) for v, oid in zip(values, ids, strict=True)]
+
+
+def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> tuple[list[Any], bool]:
+    """Run a sync function in the calling thread; returns (descriptors, failed)."""
+    token = context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
+    try:
+        args, kwargs = decode_args(core, msg)
+        value = fn(*args, **kwargs)
+        return encode_results(core, msg, value), False
+    except BaseException as exc:
+        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True
+    finally:
+        context.current_task.reset(token)
+
+
+async def run_async(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> tuple[list[Any], bool]:
+    """Run a coroutine function on this loop; returns (descriptors, failed)."""
+    context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
+    try:
+        args, kwargs = decode_args(core, msg)
+        value = await fn(*args, **kwargs)
+        return encode_results(core, msg, value), False
+    except BaseException as exc:
+        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True
