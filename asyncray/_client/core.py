@@ -38,8 +38,11 @@ from asyncray.exceptions import (
 
 log = logging.getLogger(__name__)
 
-# A lease nobody uses is given back after this long (or at once when the node asks).
-IDLE_LEASE_S = 1.0
+# A lease nobody uses is given back after this long: long enough that a driver doing
+# get(f.remote()) in a loop keeps its worker, short enough not to starve others.
+IDLE_LEASE_S = 0.005
+# After the node asks for idle leases back, leases that go idle are returned at once.
+RECLAIM_WINDOW_S = 1.0
 # At most this many lease requests in flight per resource shape.
 MAX_LEASE_REQUESTS = 16
 
@@ -128,6 +131,7 @@ class Core:
         self._peers: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._reclaim_until = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -535,7 +539,10 @@ class Core:
         if q.tasks:
             self._push(lease, q.tasks.popleft())
             return
-        lease.idle_since = time.monotonic()
+        lease.idle_since = now = time.monotonic()
+        if now < self._reclaim_until:
+            self._send_node(m.ReturnLease(lease_id=lease.lease_id))
+            return
         q.idle.append(lease)
         if self._sweep_handle is None:
             self._sweep_handle = self.loop.call_later(IDLE_LEASE_S, self._sweep_idle_leases)
@@ -707,6 +714,7 @@ class Core:
         elif t is m.LogLines:
             self._print_logs(msg)  # type: ignore[arg-type]
         elif t is m.ReclaimIdle:
+            self._reclaim_until = time.monotonic() + RECLAIM_WINDOW_S
             self._sweep_idle_leases(all_of_them=True)
         else:
             log.warning("%s: unexpected %s", self.role, t.__name__)

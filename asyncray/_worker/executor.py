@@ -132,8 +132,18 @@ def failure_descriptor(exc: BaseException, name: str) -> list[Any]:
     """The descriptor for an exception raised by user code (or a cancellation)."""
     if isinstance(exc, TaskCancelledError | asyncio.CancelledError):
         return ser.error_descriptor(TaskCancelledError(f"task {name} was cancelled"))
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return ser.error_descriptor(TaskError.wrap(exc, name, tb))
+    return ser.error_descriptor(TaskError.wrap(exc, name, user_traceback(exc)))
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The traceback text without asyncray's own frames on top: users debug their code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 def decode_args(core: Any, msg: m.PushTask) -> tuple[list[Any], dict[str, Any]]:
