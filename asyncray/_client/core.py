@@ -115,7 +115,9 @@ class Core:
         self.store = ObjectStore(store_dir)
         self.address = ""
         self.executor: Any = None  # set by the worker process
-        self.actors: Any = None  # the actor-handle side, set by asyncray._actor
+        from asyncray._actor.client import ActorClient
+
+        self.actors = ActorClient(self)
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.node: Connection | None = None
@@ -435,6 +437,7 @@ class Core:
         while inbox:
             spec = inbox.popleft()
             if spec.cancelled:
+                self._abandon(spec)
                 continue
             self._resolve_dependencies(spec)
 
@@ -457,6 +460,7 @@ class Core:
     def _dispatch(self, spec: TaskSpec) -> None:
         """Dependencies are ready: fill them into the arguments and queue the task."""
         if spec.cancelled:
+            self._abandon(spec)
             return
         if spec.deps:
             descs = {ref.id: self._entry_for(ref).desc for ref in spec.deps}
@@ -464,6 +468,7 @@ class Core:
                 if desc is not None and desc[0] == ser.ERROR:
                     # An upstream failure fails this task too, with the same error (as Ray).
                     self._finish(spec, [desc] * len(spec.return_ids))
+                    self._abandon(spec)
                     return
             spec.args = [descs[a[1]] if a[0] == ser.REF else a for a in spec.args]
             spec.kwargs = {k: descs[a[1]] if a[0] == ser.REF else a for k, a in spec.kwargs.items()}
@@ -477,6 +482,11 @@ class Core:
         spec.state = TaskState.QUEUED
         q.tasks.append(spec)
         self._pump(q)
+
+    def _abandon(self, spec: TaskSpec) -> None:
+        """A task that will not be sent: an actor call still frees its place in the order."""
+        if spec.actor is not None:
+            self.actors.dispatch(spec)
 
     def _pump(self, q: _SchedQueue) -> None:
         while q.tasks and q.idle:
@@ -634,8 +644,7 @@ class Core:
                     f" and the task was tried {spec.attempt + 1} time(s) (max_retries={spec.max_retries})"
                 )
                 self._finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
-        if self.actors is not None:
-            self.actors.connection_lost(conn)
+        self.actors.connection_lost(conn)
 
     # ================================================================ cancel
     def cancel(self, ref: ObjectRef, force: bool) -> None:
@@ -645,7 +654,10 @@ class Core:
             return
         spec.cancelled = True
         err = [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids)
-        if spec.state is TaskState.RUNNING:
+        if spec.actor is not None and spec.state is TaskState.RUNNING:
+            if self.actors.cancel(spec, force):
+                return
+        elif spec.state is TaskState.RUNNING:
             item = self._running.get(spec.task_id)
             if item is not None:
                 item[1].conn.send(m.CancelTask(task_id=spec.task_id, force=force))
@@ -700,7 +712,7 @@ class Core:
     def _on_message(self, conn: Connection, msg: m.Message) -> None:
         t = type(msg)
         if t is m.TaskDone:
-            if self.actors is not None and self.actors.owns_task(msg.task_id):
+            if self.actors.owns_task(msg.task_id):  # type: ignore[attr-defined]
                 self.actors.on_task_done(msg)
             else:
                 self._on_task_done(msg)  # type: ignore[arg-type]

@@ -176,6 +176,8 @@ class NodeService(Service):
     async def _watch(self, worker_id: bytes, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         self._procs.pop(worker_id, None)
+        if self._head is not None and self._head.is_open:
+            self._head.send(m.WorkerExited(worker_id=worker_id, exit_code=code))
         if not self._stopped:
             if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 log.info("worker %s (pid %d) exited with %s", _ids.short(worker_id), proc.pid, code)

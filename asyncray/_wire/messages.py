@@ -216,27 +216,44 @@ class GetClusterState(Message):
     rid: int
 
 
-# ---------------------------------------------------------------- actor directory (head)
-@message("register_actor")
+# ---------------------------------------------------------------- actors (head)
+@message("create_actor_request")
 @dataclass(slots=True)
-class RegisterActor(Message):
-    """Record an actor; a taken ``name`` in ``namespace`` gets an error Reply."""
+class CreateActorRequest(Message):
+    """A creator asks the head to place and start an actor; the Reply says if the name was free.
+
+    ``meta`` describes the class for handles (name, methods); ``spec`` holds what the
+    head needs to (re)start it: class blob, encoded arguments, resources, restart policy.
+    """
 
     rid: int
     actor_id: bytes
     name: str
     namespace: str
-    info: dict[str, Any]
-    get_if_exists: bool = False
+    get_if_exists: bool
+    meta: dict[str, Any]
+    spec: dict[str, Any]
 
 
-@message("update_actor")
+@message("wait_actor")
 @dataclass(slots=True)
-class UpdateActor(Message):
-    """Change an actor's directory entry (address after a (re)start, state on death)."""
+class WaitActor(Message):
+    """Answered once the actor is alive in an incarnation newer than ``after``, or dead."""
 
+    rid: int
     actor_id: bytes
-    info: dict[str, Any]
+    after: int = -1
+
+
+@message("kill_actor")
+@dataclass(slots=True)
+class KillActor(Message):
+    """End an actor now; with ``no_restart`` it stays dead."""
+
+    rid: int
+    actor_id: bytes
+    no_restart: bool = True
+    reason: str = "it was killed by asyncray.kill()"
 
 
 @message("lookup_actor")
@@ -247,6 +264,23 @@ class LookupActor(Message):
     rid: int
     name: str
     namespace: str
+
+
+@message("list_actors")
+@dataclass(slots=True)
+class ListActors(Message):
+    """Every actor the head knows; answered by a Reply with a list of entries."""
+
+    rid: int
+
+
+@message("worker_exited")
+@dataclass(slots=True)
+class WorkerExited(Message):
+    """A node tells the head how one of its workers ended (for actor death causes)."""
+
+    worker_id: bytes
+    exit_code: int
 
 
 # ---------------------------------------------------------------- owner/submitter <-> worker

@@ -83,11 +83,13 @@ class TaskExecutor:
 
     def cancel(self, task_id: bytes, force: bool) -> None:
         """Interrupt a running task; ``force`` ends this worker process."""
+        if force:
+            os._exit(1)
+        if self.actor_host is not None and self.actor_host.cancel(task_id):
+            return
         target = self._running.get(task_id)
         if target is None:
             return
-        if force:
-            os._exit(1)
         if isinstance(target, asyncio.Task):
             target.cancel()
         else:
@@ -135,13 +137,18 @@ def failure_descriptor(exc: BaseException, name: str) -> list[Any]:
     return ser.error_descriptor(TaskError.wrap(exc, name, user_traceback(exc)))
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RUNTIME_DIRS = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    os.path.dirname(os.path.abspath(asyncio.__file__)),
+    os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "concurrent",
+    os.path.abspath(threading.__file__),
+)
 
 
 def user_traceback(exc: BaseException) -> str:
-    """The traceback text without asyncray's own frames on top: users debug their code."""
+    """The traceback text without the runtime's own frames on top: users debug their code."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 

@@ -1,0 +1,324 @@
+"""The caller's side of actors: one ordered channel per actor, straight to its worker.
+
+Calls from one process to one actor carry sequence numbers taken at ``.remote()`` time and
+leave in that order, even when an earlier call still waits for its arguments, so a sync
+actor runs them in submission order (SPEC 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import threading
+from typing import TYPE_CHECKING, Any
+
+from asyncray import _ids
+from asyncray._client.ref import ObjectRef
+from asyncray._client.task_spec import TaskSpec, TaskState
+from asyncray._store import serialization as ser
+from asyncray._wire import messages as m
+from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
+from asyncray.exceptions import ActorDiedError, TaskCancelledError
+
+if TYPE_CHECKING:
+    from asyncray._actor.handle import ActorHandle
+    from asyncray._client.core import Core
+
+log = logging.getLogger(__name__)
+
+
+class _Channel:
+    """This process's ordered pipe to one actor."""
+
+    __slots__ = (
+        "actor_id", "class_name", "next_seq", "send_seq", "ready", "inflight", "conn",
+        "incarnation", "dead", "resolving", "handles", "escaped", "release_when_idle", "registered",
+    )
+
+    def __init__(self, actor_id: bytes, class_name: str) -> None:
+        self.actor_id = actor_id
+        self.class_name = class_name
+        self.next_seq = 0  # assigned in callers' threads, under the client's lock
+        self.send_seq = 0
+        self.ready: dict[int, TaskSpec] = {}
+        self.inflight: dict[bytes, TaskSpec] = {}
+        self.conn: Connection | None = None
+        self.incarnation = -1
+        self.dead: list[Any] | None = None  # error descriptor once the actor is gone for good
+        self.resolving = False
+        self.handles = 0
+        self.escaped = False
+        self.release_when_idle = False
+        self.registered: asyncio.Future[Any] | None = None
+
+
+class ActorClient:
+    """Creates actors, routes calls, and turns actor deaths into ActorDiedError."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._channels: dict[bytes, _Channel] = {}
+        self._by_task: dict[bytes, _Channel] = {}
+        self._lock = threading.Lock()
+
+    def _channel(self, actor_id: bytes, class_name: str) -> _Channel:
+        ch = self._channels.get(actor_id)
+        if ch is None:
+            with self._lock:
+                ch = self._channels.get(actor_id)
+                if ch is None:
+                    ch = self._channels[actor_id] = _Channel(actor_id, class_name)
+        return ch
+
+    # ------------------------------------------------------------ creating (any thread)
+    def create(
+        self, actor_id: bytes, name: str, namespace: str, get_if_exists: bool,
+        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef],
+    ) -> ActorHandle:
+        """Ask the head to start an actor; named ones are checked before returning (off-loop)."""
+        from asyncray._actor.handle import ActorHandle
+
+        core = self.core
+        ch = self._channel(actor_id, meta["class_name"])
+        done: Any = None
+        if name and not core.on_loop_thread():
+            import concurrent.futures
+
+            done = concurrent.futures.Future()
+        core.call_soon(self._register, ch, name, namespace, get_if_exists, meta, spec, deps, done)
+        if done is not None:
+            result = done.result()
+            if isinstance(result, BaseException):
+                raise result
+            if result.get("existing"):
+                entry = result["existing"]
+                self._channels.pop(actor_id, None)
+                return ActorHandle(entry["actor_id"], entry["meta"], core)
+        return ActorHandle(actor_id, meta, core, owned=not (name or spec["detached"]))
+
+    def _register(
+        self, ch: _Channel, name: str, namespace: str, get_if_exists: bool,
+        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef], done: Any,
+    ) -> None:
+        core = self.core
+
+        def send() -> None:
+            descs = {ref.id: core._entry_for(ref).desc for ref in deps}
+            for d in descs.values():
+                if d is not None and d[0] == ser.ERROR:
+                    self._die(ch, d)
+                    if done is not None:
+                        done.set_result(ValueError(f"an argument of {meta['class_name']}() failed upstream"))
+                    return
+            spec["args"] = [descs[a[1]] if a[0] == ser.REF else a for a in spec["args"]]
+            spec["kwargs"] = {k: descs[a[1]] if a[0] == ser.REF else a for k, a in spec["kwargs"].items()}
+            assert core.head is not None
+            fut = core.head.request(
+                m.CreateActorRequest(
+                    rid=0, actor_id=ch.actor_id, name=name, namespace=namespace,
+                    get_if_exists=get_if_exists, meta=meta, spec=spec,
+                )
+            )
+            fut.add_done_callback(lambda f: self._registered(ch, f, done))
+
+        core._watch(deps, len(deps), send)
+
+    def _registered(self, ch: _Channel, fut: asyncio.Future[Any], done: Any) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            err = ValueError(str(exc)) if isinstance(exc, RemoteCallError) else exc
+            self._die(ch, ser.error_descriptor(ActorDiedError(f"actor {ch.class_name} was not created: {err}")))
+            if done is not None:
+                done.set_result(err)
+            return
+        if done is not None:
+            done.set_result(fut.result())
+
+    # ------------------------------------------------------------ calls
+    def submit(self, handle: ActorHandle, spec: TaskSpec) -> list[ObjectRef]:
+        """Number the call in submission order and hand it to the core (any thread)."""
+        ch = self._channel(handle._actor_id, handle._meta["class_name"])
+        spec.actor = ch
+        with self._lock:
+            spec.seq = ch.next_seq
+            ch.next_seq += 1
+        return self.core.submit(spec)
+
+    def dispatch(self, spec: TaskSpec) -> None:
+        """The call's arguments are ready (or it failed or was cancelled): send in order."""
+        ch: _Channel = spec.actor
+        ch.ready[spec.seq] = spec
+        self._flush(ch)
+
+    def _flush(self, ch: _Channel) -> None:
+        if ch.dead is not None:
+            while ch.send_seq in ch.ready:
+                spec = ch.ready.pop(ch.send_seq)
+                ch.send_seq += 1
+                if spec.state is not TaskState.FINISHED:
+                    self.core._finish(spec, [ch.dead] * len(spec.return_ids))
+            return
+        conn = ch.conn
+        if conn is None or not conn.is_open:
+            if ch.send_seq in ch.ready and not ch.resolving:
+                ch.resolving = True
+                self.core.spawn(self._resolve(ch))
+            return
+        while ch.send_seq in ch.ready:
+            spec = ch.ready.pop(ch.send_seq)
+            ch.send_seq += 1
+            if spec.state is TaskState.FINISHED or spec.cancelled:
+                continue
+            spec.state = TaskState.RUNNING
+            ch.inflight[spec.task_id] = spec
+            self._by_task[spec.task_id] = ch
+            conn.send(self.core._push_message(conn, spec))
+
+    async def _resolve(self, ch: _Channel) -> None:
+        """Learn where the actor lives now (or that it is dead), then send what waits."""
+        core = self.core
+        try:
+            assert core.head is not None
+            entry = await core.head.request(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
+            if entry["state"] == "DEAD":
+                self._die(ch, ser.error_descriptor(death_error(ch, entry)))
+                return
+            conn = await core._peer(entry["address"])
+        except (OSError, ConnectionLost, RemoteCallError) as exc:
+            self._die(ch, ser.error_descriptor(ActorDiedError(f"actor {ch.class_name} cannot be reached: {exc}")))
+            return
+        finally:
+            ch.resolving = False
+        ch.incarnation = entry["incarnation"]
+        ch.conn = conn
+        self._flush(ch)
+
+    def owns_task(self, task_id: bytes) -> bool:
+        """True for actor calls this client sent."""
+        return task_id in self._by_task
+
+    def on_task_done(self, msg: m.TaskDone) -> None:
+        """Route an actor call's result to its refs."""
+        ch = self._by_task.pop(msg.task_id)
+        spec = ch.inflight.pop(msg.task_id, None)
+        if spec is not None:
+            self.core._finish(spec, msg.results)
+        self._maybe_release(ch)
+
+    def connection_lost(self, conn: Connection) -> None:
+        """An actor's worker went away: retry in-flight calls on its next life, or fail them."""
+        for ch in self._channels.values():
+            if ch.conn is not conn:
+                continue
+            ch.conn = None
+            lost = sorted(ch.inflight.values(), key=lambda s: s.seq)
+            ch.inflight.clear()
+            for spec in lost:
+                self._by_task.pop(spec.task_id, None)
+            self.core.spawn(self._after_loss(ch, lost))
+
+    async def _after_loss(self, ch: _Channel, lost: list[TaskSpec]) -> None:
+        core = self.core
+        try:
+            assert core.head is not None
+            entry = await core.head.request(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
+        except (ConnectionLost, RemoteCallError) as exc:
+            entry = {"state": "DEAD", "death_cause": f"the head cannot be reached ({exc})", "death_error": None}
+        if entry["state"] == "DEAD":
+            err = ser.error_descriptor(death_error(ch, entry))
+            for spec in lost:
+                core._finish(spec, [err] * len(spec.return_ids))
+            self._die(ch, err)
+            return
+        for spec in lost:
+            if spec.cancelled:
+                core._finish(spec, [ser.error_descriptor(TaskCancelledError(f"{spec.fn.name} was cancelled"))] * len(spec.return_ids))
+            elif spec.attempt < spec.max_retries:
+                spec.attempt += 1
+                ch.ready[spec.seq] = spec
+                ch.send_seq = min(ch.send_seq, spec.seq)
+            else:
+                err = ActorDiedError(
+                    f"actor {ch.class_name}({_ids.short(ch.actor_id)}) died while running {spec.fn.name}"
+                    f" and was restarted; the call is not retried (max_task_retries={spec.max_retries})"
+                )
+                core._finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
+        ch.incarnation = entry["incarnation"]
+        ch.conn = await core._peer(entry["address"])
+        self._flush(ch)
+
+    def _die(self, ch: _Channel, desc: list[Any]) -> None:
+        ch.dead = desc
+        for spec in list(ch.inflight.values()):
+            self._by_task.pop(spec.task_id, None)
+            self.core._finish(spec, [desc] * len(spec.return_ids))
+        ch.inflight.clear()
+        self._flush(ch)
+
+    def cancel(self, spec: TaskSpec, force: bool) -> bool:
+        """Cancel a running actor call; True when it was in flight."""
+        ch: _Channel = spec.actor
+        if spec.task_id in ch.inflight and ch.conn is not None:
+            ch.conn.send(m.CancelTask(task_id=spec.task_id, force=force))
+            return True
+        return False
+
+    # ------------------------------------------------------------ kill and handle lifetime
+    async def kill(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by asyncray.kill()") -> None:
+        """Kill through the head; with no_restart, this process's queued calls fail at once."""
+        assert self.core.head is not None
+        await self.core.head.request(m.KillActor(rid=0, actor_id=actor_id, no_restart=no_restart, reason=reason))
+        ch = self._channels.get(actor_id)
+        if ch is not None and no_restart:
+            err = ActorDiedError(f"actor {ch.class_name}({_ids.short(actor_id)}) is dead: {reason}")
+            self._die(ch, ser.error_descriptor(err))
+
+    def handle_created(self, actor_id: bytes) -> None:
+        """The owner made a handle (counted so the actor can end with its last one)."""
+        ch = self._channels.get(actor_id)
+        if ch is not None:
+            ch.handles += 1
+
+    def handle_escaped(self, actor_id: bytes) -> None:
+        """A handle was pickled: others may call it, so the owner keeps the actor alive."""
+        ch = self._channels.get(actor_id)
+        if ch is not None:
+            ch.escaped = True
+
+    def handle_dropped(self, actor_id: bytes) -> None:
+        """The owner dropped a handle; after the last one and pending calls, end the actor."""
+        ch = self._channels.get(actor_id)
+        if ch is None:
+            return
+        ch.handles -= 1
+        if ch.handles <= 0 and not ch.escaped:
+            ch.release_when_idle = True
+            self.core.call_soon(self._maybe_release, ch)
+
+    def _maybe_release(self, ch: _Channel) -> None:
+        if not ch.release_when_idle or ch.inflight or ch.ready or ch.dead is not None:
+            return
+        if ch.next_seq != ch.send_seq or self.core._closed:
+            return  # calls still being prepared
+        ch.dead = ser.error_descriptor(ActorDiedError(f"actor {ch.class_name} went out of scope"))
+        self.core.spawn(self.kill(ch.actor_id, True, "all handles to it went out of scope"))
+
+
+def death_error(ch: _Channel, entry: dict[str, Any]) -> ActorDiedError:
+    """The ActorDiedError for a dead actor, carrying the constructor's error when it raised."""
+    cause = entry.get("death_cause") or "it died"
+    err_blob = entry.get("death_error")
+    ctor_exc: BaseException | None = None
+    if err_blob:
+        try:
+            ctor_exc = pickle.loads(err_blob)
+        except Exception:
+            ctor_exc = None
+    msg = f"actor {ch.class_name}({_ids.short(ch.actor_id)}) is dead: {cause}"
+    if ctor_exc is not None:
+        msg += f":\n{ctor_exc}"
+    err = ActorDiedError(msg)
+    err.cause = ctor_exc  # type: ignore[attr-defined]
+    err.__cause__ = ctor_exc
+    return err

@@ -1,0 +1,131 @@
+"""The worker side of an actor: builds the instance and runs its method calls.
+
+* sync actor (default): one call at a time, in arrival order, on one thread;
+* threaded actor (``max_concurrency > 1``, no async methods): that many threads;
+* async actor (any ``async def`` method): coroutines run concurrently on the worker's loop,
+  at most ``max_concurrency`` at once; its sync methods run on a side thread, one at a time,
+  so they cannot stall the coroutines (Ray runs them on the loop and stalls it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asyncray._client import context
+from asyncray._store import serialization as ser
+from asyncray._worker.executor import decode_args, failure_descriptor, run_async, run_sync, send_done
+from asyncray._wire import messages as m
+from asyncray._wire.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class ActorHost:
+    """Hosts one actor instance in this worker process."""
+
+    def __init__(self, executor: Any, msg: m.CreateActor) -> None:
+        self.executor = executor
+        self.core = executor.core
+        self.actor_id = msg.actor_id
+        self.class_name = msg.name
+        self.instance: Any = None
+        self.max_concurrency = msg.max_concurrency
+        self.is_async = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._side_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncray-actor")
+        self._semaphore: asyncio.Semaphore | None = None
+        self._methods: dict[str, tuple[Any, bool]] = {}
+        self._running: dict[bytes, Any] = {}
+
+    @classmethod
+    def create(cls, executor: Any, conn: Connection, msg: m.CreateActor) -> None:
+        """Start building the instance; the head gets a Reply when done."""
+        host = cls(executor, msg)
+        executor.core.spawn(host._construct(conn, msg))
+
+    async def _construct(self, conn: Connection, msg: m.CreateActor) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            klass = ser.loads(msg.class_blob)
+            self.is_async = any(
+                inspect.iscoroutinefunction(v) for _, v in inspect.getmembers(klass, predicate=callable)
+            )
+
+            def build() -> Any:
+                token = context.current_task.set(context.TaskContext(b"", f"{self.class_name}.__init__", self.actor_id))
+                try:
+                    args, kwargs = decode_args(self.core, msg)  # type: ignore[arg-type]
+                    return klass(*args, **kwargs)
+                finally:
+                    context.current_task.reset(token)
+
+            self.instance = await loop.run_in_executor(self._side_thread, build)
+        except BaseException as exc:
+            desc = failure_descriptor(exc, f"{self.class_name}.__init__")
+            conn.reply(msg.rid, {"error": desc[1]})
+            return
+        if self.is_async:
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        elif self.max_concurrency > 1:
+            self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="asyncray-actor")
+        self.executor.actor_host = self
+        conn.reply(msg.rid, {"ok": True})
+
+    def _method(self, name: str) -> tuple[Any, bool]:
+        entry = self._methods.get(name)
+        if entry is None:
+            fn = getattr(self.instance, name)
+            entry = self._methods[name] = (fn, inspect.iscoroutinefunction(fn))
+        return entry
+
+    def call(self, conn: Connection, msg: m.PushTask) -> None:
+        """Run one method call (loop thread)."""
+        try:
+            fn, is_coro = self._method(msg.method or "")
+        except AttributeError as exc:
+            send_done(conn, msg.task_id, [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True)
+            return
+        if is_coro:
+            task = self.core.loop.create_task(self._call_async(conn, msg, fn))
+            self._running[msg.task_id] = task
+            task.add_done_callback(lambda _t: self._running.pop(msg.task_id, None))
+            return
+        pool = self._pool or self._side_thread
+        fut = self.core.loop.run_in_executor(pool, self._call_sync, msg, fn)
+        fut.add_done_callback(lambda f: send_done(conn, msg.task_id, *f.result()))
+
+    def _call_sync(self, msg: m.PushTask, fn: Any) -> tuple[list[Any], bool]:
+        import threading
+
+        self._running[msg.task_id] = threading.get_ident()
+        try:
+            return run_sync(self.core, msg, fn, self.actor_id)
+        finally:
+            self._running.pop(msg.task_id, None)
+
+    async def _call_async(self, conn: Connection, msg: m.PushTask, fn: Any) -> None:
+        assert self._semaphore is not None
+        async with self._semaphore:
+            results, failed = await run_async(self.core, msg, fn, self.actor_id)
+        send_done(conn, msg.task_id, results, failed)
+
+    def cancel(self, task_id: bytes) -> bool:
+        """Interrupt a running call; True if it was found."""
+        from asyncray._worker.executor import raise_in_thread
+        from asyncray.exceptions import TaskCancelledError
+
+        target = self._running.get(task_id)
+        if target is None:
+            return False
+        if isinstance(target, asyncio.Task):
+            target.cancel()
+        else:
+            raise_in_thread(target, TaskCancelledError)
+        return True
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A caller went away; nothing to undo (its results are simply dropped)."""

@@ -1,0 +1,261 @@
+"""The head's actor manager: places actors on nodes, restarts them, records why they died.
+
+Actors are placed by the head (not by their creator) so that detached actors outlive the
+driver that made them and named actors can be found by anyone (SPEC 2, issue "Actors").
+Callers learn an actor's address with WaitActor and then talk to its worker directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asyncray import _ids
+from asyncray._wire import messages as m
+from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError, connect
+
+if TYPE_CHECKING:
+    from asyncray._head.service import HeadService
+
+log = logging.getLogger(__name__)
+
+# How long to wait, after an actor's connection drops, for its node to report the exit code.
+EXIT_CODE_GRACE_S = 0.3
+
+
+class ActorState(enum.Enum):
+    """Life of an actor as the head sees it."""
+
+    PENDING = "PENDING_CREATION"
+    ALIVE = "ALIVE"
+    RESTARTING = "RESTARTING"
+    DEAD = "DEAD"
+
+
+@dataclass
+class ActorRecord:
+    """Everything the head knows about one actor."""
+
+    actor_id: bytes
+    name: str
+    namespace: str
+    meta: dict[str, Any]
+    spec: dict[str, Any]
+    owner: Connection | None
+    state: ActorState = ActorState.PENDING
+    incarnation: int = -1
+    num_restarts: int = 0
+    address: str = ""
+    pid: int = 0
+    node_id: bytes = b""
+    worker_id: bytes = b""
+    lease_id: int = 0
+    node_conn: Connection | None = None
+    conn: Connection | None = None
+    death_cause: str = ""
+    death_error: bytes | None = None  # pickled exception for a constructor failure
+    exit_code: int | None = None
+    waiters: list[tuple[Connection, int, int]] = field(default_factory=list)
+
+    def entry(self) -> dict[str, Any]:
+        """The msgpack-able view callers get."""
+        return {
+            "actor_id": self.actor_id, "name": self.name, "namespace": self.namespace,
+            "meta": self.meta, "state": self.state.value, "incarnation": self.incarnation,
+            "address": self.address, "pid": self.pid, "node_id": self.node_id,
+            "num_restarts": self.num_restarts, "death_cause": self.death_cause,
+            "death_error": self.death_error, "detached": bool(self.spec.get("detached")),
+        }
+
+
+def describe_exit(code: int | None) -> str:
+    """Words for a process exit status."""
+    if code is None:
+        return "its process died"
+    if code < 0:
+        try:
+            return f"its process was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"its process was killed by signal {-code}"
+    return f"its process exited with code {code}"
+
+
+class ActorManager:
+    """Actor directory and lifecycle, driven by the head service."""
+
+    def __init__(self, head: HeadService) -> None:
+        self.head = head
+        self.actors: dict[bytes, ActorRecord] = {}
+        self.names: dict[tuple[str, str], bytes] = {}
+        self._by_worker: dict[bytes, bytes] = {}
+
+    # ------------------------------------------------------------ requests
+    def create(self, conn: Connection, msg: m.CreateActorRequest) -> None:
+        """Register the actor (checking its name) and start placing it."""
+        if msg.name:
+            key = (msg.namespace, msg.name)
+            existing = self.names.get(key)
+            if existing is not None and self.actors[existing].state is not ActorState.DEAD:
+                if msg.get_if_exists:
+                    conn.reply(msg.rid, {"existing": self.actors[existing].entry()})
+                else:
+                    conn.reply(
+                        msg.rid,
+                        error=f"an actor named {msg.name!r} already exists in namespace {msg.namespace!r}; "
+                        "use get_actor() to reach it, or options(get_if_exists=True)",
+                    )
+                return
+            self.names[key] = msg.actor_id
+        rec = ActorRecord(msg.actor_id, msg.name, msg.namespace, msg.meta, msg.spec, owner=conn)
+        self.actors[msg.actor_id] = rec
+        conn.reply(msg.rid, {"existing": None})
+        self.head.spawn(self._place(rec), f"place-actor-{_ids.short(rec.actor_id)}")
+
+    def wait(self, conn: Connection, msg: m.WaitActor) -> None:
+        """Reply when the actor is alive in a newer incarnation than the caller knows, or dead."""
+        rec = self.actors.get(msg.actor_id)
+        if rec is None:
+            conn.reply(msg.rid, error=f"no actor with id {msg.actor_id.hex()}")
+            return
+        if rec.state is ActorState.DEAD or (rec.state is ActorState.ALIVE and rec.incarnation > msg.after):
+            conn.reply(msg.rid, rec.entry())
+        else:
+            rec.waiters.append((conn, msg.rid, msg.after))
+
+    def lookup(self, conn: Connection, msg: m.LookupActor) -> None:
+        """A named actor's entry, or None."""
+        aid = self.names.get((msg.namespace, msg.name))
+        rec = self.actors.get(aid) if aid else None
+        conn.reply(msg.rid, rec.entry() if rec is not None and rec.state is not ActorState.DEAD else None)
+
+    def kill(self, conn: Connection, msg: m.KillActor) -> None:
+        """End the actor's process; with no_restart it stays dead."""
+        rec = self.actors.get(msg.actor_id)
+        if rec is None:
+            conn.reply(msg.rid, error=f"no actor with id {msg.actor_id.hex()}")
+            return
+        if msg.no_restart:
+            self._mark_dead(rec, msg.reason)
+        else:
+            self._end_process(rec)  # the loss handler restarts it
+        conn.reply(msg.rid, None)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every actor's entry."""
+        return [rec.entry() for rec in self.actors.values()]
+
+    # ------------------------------------------------------------ events
+    def worker_exited(self, worker_id: bytes, exit_code: int) -> None:
+        """A node reported how a worker ended; remember it for the death cause."""
+        aid = self._by_worker.get(worker_id)
+        rec = self.actors.get(aid) if aid else None
+        if rec is not None and rec.worker_id == worker_id:
+            rec.exit_code = exit_code
+
+    def owner_gone(self, conn: Connection) -> None:
+        """The creator disconnected: its non-detached actors die with it (SPEC 2)."""
+        for rec in list(self.actors.values()):
+            if rec.owner is conn and not rec.spec.get("detached") and rec.state is not ActorState.DEAD:
+                self._mark_dead(rec, "its owner (the process that created it) exited")
+
+    # ------------------------------------------------------------ placing and losing
+    async def _place(self, rec: ActorRecord) -> None:
+        spec = rec.spec
+        resources: dict[str, float] = spec["resources"]
+        node = self.head.pick_node(resources)
+        if node is None:
+            self._mark_dead(rec, f"no node has the resources it needs ({resources})")
+            return
+        node_conn = await self.head.node_client(node["node_id"])
+        try:
+            grant = await node_conn.request(
+                m.RequestLease(rid=0, resources=resources, dedicated=True, label=rec.meta.get("class_name", ""))
+            )
+        except (RemoteCallError, ConnectionLost) as exc:
+            self._mark_dead(rec, f"it could not be placed: {exc}")
+            return
+        if rec.state is ActorState.DEAD:  # killed while waiting for a worker
+            node_conn.send(m.ReturnLease(lease_id=grant["lease_id"], kill=True))
+            return
+        rec.node_conn, rec.lease_id = node_conn, grant["lease_id"]
+        rec.worker_id, rec.pid, rec.node_id = grant["worker_id"], grant["pid"], grant["node_id"]
+        rec.exit_code = None
+        self._by_worker[rec.worker_id] = rec.actor_id
+        incarnation = rec.incarnation + 1
+        try:
+            conn = await connect(
+                grant["address"], None, role="head", token=self.head.token,
+                name=f"head->actor-{_ids.short(rec.actor_id)}",
+                on_close=lambda c: self._lost(rec, c),
+            )
+            rec.conn = conn
+            result = await conn.request(
+                m.CreateActor(
+                    rid=0, actor_id=rec.actor_id, class_blob=spec["class_blob"], name=rec.meta["class_name"],
+                    args=spec["args"], kwargs=spec["kwargs"], max_concurrency=spec["max_concurrency"],
+                    owner=spec.get("owner", ""),
+                )
+            )
+        except (OSError, ConnectionLost, RemoteCallError):
+            return  # _lost() handles the dead worker
+        if rec.state is ActorState.DEAD:
+            return
+        if result.get("error") is not None:
+            rec.death_error = result["error"]
+            self._mark_dead(rec, "its constructor raised an exception")
+            return
+        rec.state, rec.incarnation, rec.address = ActorState.ALIVE, incarnation, grant["address"]
+        self._notify(rec)
+
+    def _lost(self, rec: ActorRecord, conn: Connection) -> None:
+        if rec.conn is not conn or rec.state is ActorState.DEAD:
+            return
+        rec.conn = None
+        self.head.spawn(self._after_loss(rec), "actor-lost")
+
+    async def _after_loss(self, rec: ActorRecord) -> None:
+        await asyncio.sleep(EXIT_CODE_GRACE_S)
+        if rec.state is ActorState.DEAD:
+            return
+        how = describe_exit(rec.exit_code)
+        limit = int(rec.spec.get("max_restarts", 0))
+        if limit == -1 or rec.num_restarts < limit:
+            rec.num_restarts += 1
+            rec.state = ActorState.RESTARTING
+            log.info("actor %s died (%s); restart %d", _ids.short(rec.actor_id), how, rec.num_restarts)
+            if rec.node_conn is not None and rec.node_conn.is_open:
+                rec.node_conn.send(m.ReturnLease(lease_id=rec.lease_id, kill=True))
+            await self._place(rec)
+            return
+        cause = how if limit == 0 else f"{how}, and it is out of restarts (max_restarts={limit})"
+        self._mark_dead(rec, cause)
+
+    def _end_process(self, rec: ActorRecord) -> None:
+        if rec.node_conn is not None and rec.node_conn.is_open and rec.lease_id:
+            rec.node_conn.send(m.ReturnLease(lease_id=rec.lease_id, kill=True))
+
+    def _mark_dead(self, rec: ActorRecord, cause: str) -> None:
+        if rec.state is ActorState.DEAD:
+            return
+        rec.state, rec.death_cause = ActorState.DEAD, cause
+        if rec.name:
+            self.names.pop((rec.namespace, rec.name), None)
+        self._end_process(rec)
+        rec.lease_id = 0
+        if rec.conn is not None:
+            rec.conn.close()
+            rec.conn = None
+        self._notify(rec)
+
+    def _notify(self, rec: ActorRecord) -> None:
+        keep = []
+        for conn, rid, after in rec.waiters:
+            if rec.state is ActorState.DEAD or rec.incarnation > after:
+                conn.reply(rid, rec.entry())
+            else:
+                keep.append((conn, rid, after))
+        rec.waiters = keep
