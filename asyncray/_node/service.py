@@ -50,7 +50,7 @@ class NodeService(Service):
         self.config = config
         self.node_id = config.node_id
         self.address = config.address
-        self.store = ObjectStore(config.store_dir)
+        self.store = ObjectStore(config.store_dir, create=True)
         self.scheduler = sch.LocalScheduler(
             total=dict(config.resources), min_workers=config.num_workers, new_worker_id=_ids.new_id
         )

@@ -30,9 +30,10 @@ def _align(n: int) -> int:
 class ObjectStore:
     """Files under ``directory``; every process on the node opens the same directory."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, create: bool = False) -> None:
         self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        if create:  # only the node creates (and later removes) the directory
+            os.makedirs(directory, exist_ok=True)
 
     def path(self, object_id: bytes) -> str:
         """Where an object lives."""

@@ -1,8 +1,12 @@
-"""Entry point of a worker process: ``python -m asyncray._worker`` (started by the node)."""
+"""Entry point of a worker process: ``python -m asyncray._worker`` (started by the node).
+
+The event loop runs on a background thread; the main thread runs sync tasks, so that
+``cancel()`` can interrupt a blocking call in user code with a signal (signals are only
+delivered to Python's main thread).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -10,6 +14,7 @@ import signal
 import sys
 
 from asyncray._client.core import Core, install
+from asyncray._client.portal import Portal
 from asyncray._worker import logs
 from asyncray._worker.executor import TaskExecutor
 from asyncray._wire import messages as m
@@ -26,7 +31,7 @@ def _die_with_parent() -> None:
         pass
 
 
-async def _main() -> None:
+async def _start() -> TaskExecutor:
     env = os.environ
     core = Core(
         role="worker",
@@ -39,28 +44,25 @@ async def _main() -> None:
         worker_id=bytes.fromhex(env["ASYNCRAY_WORKER_ID"]),
     )
     install(core)
-    core.executor = TaskExecutor(core)
+    executor = TaskExecutor(core)
+    core.executor = executor
     await core.start()
     logs.install(core)
     assert core.node is not None
     core.node.send(m.RegisterWorker(worker_id=core.worker_id, pid=os.getpid(), address=core.address))
-    await core.node.closed
+    return executor
 
 
 def main() -> None:
-    """Run the worker until its node goes away or it is told to stop."""
+    """Run the worker until its node goes away (the core then exits the process)."""
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    portal = Portal()
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # everything works on the plain loop too, just slower
-        runner = asyncio.run
-    try:
-        runner(_main())
+        executor = portal.call(_start())
+        executor.serve_sync_tasks()
     finally:
         sys.stdout.flush()
         os._exit(0)

@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import queue
+import signal
 import threading
 import traceback
 from typing import Any
@@ -19,6 +20,8 @@ from asyncray._wire.connection import Connection
 from asyncray.exceptions import TaskCancelledError, TaskError
 
 log = logging.getLogger(__name__)
+
+CANCEL_SIGNAL = signal.SIGUSR1
 
 
 def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
@@ -37,8 +40,9 @@ class TaskExecutor:
         self.actor_host: Any = None  # set when this worker hosts an actor
         self._sync_queue: queue.SimpleQueue[tuple[Connection, m.PushTask, Any] | None] = queue.SimpleQueue()
         self._running: dict[bytes, Any] = {}  # task_id -> thread id or asyncio.Task
-        self._thread = threading.Thread(target=self._task_thread, name="asyncray-task", daemon=True)
-        self._thread.start()
+        self._current_sync: bytes | None = None
+        self._cancel_requested: bytes | None = None
+        self._task_thread_id = 0
 
     # ------------------------------------------------------------ dispatch (loop thread)
     def handle(self, conn: Connection, msg: m.Message) -> None:
@@ -92,8 +96,18 @@ class TaskExecutor:
             return
         if isinstance(target, asyncio.Task):
             target.cancel()
+        elif target == threading.main_thread().ident:
+            # The signal interrupts a blocking call (time.sleep, socket reads) as Ctrl-C would;
+            # the handler raises only if this very task is still the one running.
+            self._cancel_requested = task_id
+            signal.pthread_kill(target, CANCEL_SIGNAL)
         else:
             raise_in_thread(target, TaskCancelledError)
+
+    def _on_cancel_signal(self, signum: int, frame: Any) -> None:
+        if self._cancel_requested is not None and self._cancel_requested == self._current_sync:
+            self._cancel_requested = None
+            raise TaskCancelledError("cancelled")
 
     def connection_lost(self, conn: Connection) -> None:
         """A submitter went away; its running tasks' results have nowhere to go."""
@@ -101,18 +115,30 @@ class TaskExecutor:
             self.actor_host.connection_lost(conn)
 
     # ------------------------------------------------------------ running
-    def _task_thread(self) -> None:
+    def serve_sync_tasks(self) -> None:
+        """Run sync tasks, one at a time, on the calling thread (the worker's main thread).
+
+        The main thread, so that cancel() can interrupt a blocking call with a signal.
+        """
+        signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
+        ident = threading.get_ident()
         while True:
             item = self._sync_queue.get()
             if item is None:
                 return
             conn, msg, fn = item
-            self._running[msg.task_id] = threading.get_ident()
+            self._running[msg.task_id] = ident
+            self._current_sync = msg.task_id
             try:
                 results, failed = run_sync(self.core, msg, fn, None)
             finally:
+                self._current_sync = None
                 self._running.pop(msg.task_id, None)
             self.loop.call_soon_threadsafe(send_done, conn, msg.task_id, results, failed)
+
+    def stop(self) -> None:
+        """Let ``serve_sync_tasks`` return."""
+        self._sync_queue.put(None)
 
     async def _run_async(self, conn: Connection, msg: m.PushTask, fn: Any) -> None:
         results, failed = await run_async(self.core, msg, fn, None)

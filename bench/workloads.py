@@ -1,0 +1,611 @@
+"""Benchmark workloads that run unchanged on asyncray and on Ray.
+
+Each workload is a function ``workload(mod, cfg) -> dict[str, float | str]``: ``mod`` is the framework
+module (``asyncray`` or ``ray``), ``cfg`` holds the sizes. Only the public, Ray-compatible API is used
+(``init``, ``remote``, ``get``, ``put``, ``wait``, ``shutdown``, awaitable refs), plus ``asyncray.aio``
+for the one asyncray-only workload.
+
+Subprocess protocol (used by ``bench/run.py``, one fresh process per workload per framework)::
+
+    python bench/workloads.py <asyncray|ray> <workload> [--quick] [--tiny-tasks N]
+
+The last line of stdout is ``BENCH_RESULT {json}``: the metrics, or ``{"skipped": why}`` or
+``{"error": text}``. The exit status is 0 unless the workload raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import re
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+RESULT_PREFIX = "BENCH_RESULT "
+NUM_CPUS = 2
+LARGE_SHAPE = (10000, 2000)  # 160 MB of float64: the array of seed 000 Tip 3
+ACTOR_TIMEOUT_S = 60.0
+
+Metrics = dict[str, Any]
+
+
+class Skip(Exception):
+    """The workload cannot run on this framework (yet); the message says why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of the workloads; ``--quick`` shrinks only the long ones."""
+
+    quick: bool = False
+    tiny_tasks: int = 100_000
+    roundtrip_calls: int = 1000
+    noop_tasks: int = 10_000
+    put_repeats: int = 5
+    small_calls: int = 10_000
+    actor_calls: int = 10_000
+    nn_calls_per_caller: int = 2000
+    settle_s: float = 2.0
+
+    @classmethod
+    def make(cls, quick: bool, tiny_tasks: int | None) -> Config:
+        """Defaults, or the quick sizes; an explicit ``tiny_tasks`` wins over both."""
+        if quick:
+            base = cls(quick=True, tiny_tasks=10_000, put_repeats=3, small_calls=5000)
+        else:
+            base = cls()
+        if tiny_tasks is not None:
+            base = Config(**{**base.__dict__, "tiny_tasks": tiny_tasks})
+        return base
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def init_kwargs(mod: ModuleType) -> dict[str, Any]:
+    """Same CPU count for both; Ray additionally without its dashboard."""
+    kwargs: dict[str, Any] = {"num_cpus": NUM_CPUS}
+    if mod.__name__ == "ray":
+        kwargs["include_dashboard"] = False
+    return kwargs
+
+
+@contextmanager
+def running(mod: ModuleType) -> Iterator[None]:
+    """``init(num_cpus=2)`` ... ``shutdown()``, shutdown even if the body raises."""
+    mod.init(**init_kwargs(mod))
+    try:
+        yield
+    finally:
+        mod.shutdown()
+
+
+def noop(x: Any = None) -> Any:
+    """The no-op task body."""
+    return x
+
+
+def tiny_work(x: int) -> int:
+    """Seed 000 Tip 2: a task that sleeps 0.1 ms."""
+    time.sleep(0.0001)
+    return x
+
+
+def sleep_then(s: float) -> None:
+    """Occupy a worker for a moment (used to reach every worker during warm-up)."""
+    time.sleep(s)
+
+
+def no_work(a: Any) -> None:
+    """Seed 000 Tip 3: a task that ignores its (large) argument."""
+
+
+def warm_up(mod: ModuleType, f: Any, n: int = 100) -> None:
+    """Run a few tasks so workers are started and the function is exported everywhere."""
+    mod.get([f.remote(i) for i in range(n)])
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+# --------------------------------------------------------------------------- task workloads
+
+
+def wl_init(mod: ModuleType, cfg: Config) -> Metrics:
+    """``init(num_cpus=2)`` then ``get(f.remote())``: seconds until the first task returns."""
+    f = mod.remote(noop)
+    t0 = _now()
+    mod.init(**init_kwargs(mod))
+    try:
+        t_init = _now()
+        mod.get(f.remote())
+        t_first = _now()
+    finally:
+        mod.shutdown()
+    return {"init_to_first_task_s": t_first - t0, "init_call_s": t_init - t0, "import_s": IMPORT_S}
+
+
+def _rss(p: Any) -> int:
+    import psutil
+
+    try:
+        return int(p.memory_info().rss)
+    except psutil.Error:  # exited meanwhile
+        return 0
+
+
+def _pss(p: Any) -> int:
+    import psutil
+
+    try:
+        return int(p.memory_full_info().pss)
+    except psutil.Error:
+        return 0
+
+
+def runtime_processes(mod: ModuleType, t_start: float) -> list[Any]:
+    """Processes of the runtime other than the driver itself.
+
+    All descendants of the driver; for Ray also processes whose command line names ray
+    (not asyncray) that were started after ``init`` (raylet, gcs_server, ``ray::`` workers).
+    """
+    import psutil
+
+    me = psutil.Process()
+    procs = {p.pid: p for p in me.children(recursive=True)}
+    if mod.__name__ == "ray":
+        pattern = re.compile(r"\bray\b|ray::")
+        for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or [])
+                if (
+                    p.pid != me.pid
+                    and p.pid not in procs
+                    and p.info["create_time"] >= t_start - 1.0
+                    and pattern.search(cmd)
+                    and "asyncray" not in cmd
+                ):
+                    procs[p.pid] = p
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    return list(procs.values())
+
+
+def wl_memory(mod: ModuleType, cfg: Config) -> Metrics:
+    """Idle memory of the runtime: RSS of all its processes once a task has run and it settled.
+
+    In the embedded asyncray case the head and node services run inside the driver, so the
+    driver's own RSS growth since before ``init`` is counted too (for Ray, the driver's growth is
+    counted the same way). PSS (shared pages split between sharers) is reported alongside.
+    """
+    import psutil
+
+    me = psutil.Process()
+    f = mod.remote(noop)
+    rss_before = _rss(me)
+    pss_before = _pss(me)
+    t_start = time.time()
+    with running(mod):
+        warm_up(mod, f, 20)
+        time.sleep(cfg.settle_s)
+        procs = runtime_processes(mod, t_start)
+        children_rss = sum(_rss(p) for p in procs)
+        children_pss = sum(_pss(p) for p in procs)
+        driver_delta = _rss(me) - rss_before
+        driver_pss_delta = _pss(me) - pss_before
+        n = len(procs)
+    mb = 1024 * 1024
+    return {
+        "total_rss_mb": (children_rss + driver_delta) / mb,
+        "children_rss_mb": children_rss / mb,
+        "driver_rss_delta_mb": driver_delta / mb,
+        "total_pss_mb": (children_pss + driver_pss_delta) / mb,
+        "processes": n,
+    }
+
+
+def wl_roundtrip(mod: ModuleType, cfg: Config) -> Metrics:
+    """``get(f.remote())`` in a loop: milliseconds per call."""
+    f = mod.remote(noop)
+    with running(mod):
+        warm_up(mod, f)
+        for _ in range(50):
+            mod.get(f.remote())
+        n = cfg.roundtrip_calls
+        t0 = _now()
+        for _ in range(n):
+            mod.get(f.remote())
+        dt = _now() - t0
+    return {"ms_per_call": dt * 1000 / n}
+
+
+def wl_throughput(mod: ModuleType, cfg: Config) -> Metrics:
+    """10,000 no-op tasks, all submitted, then one ``get`` of the list: tasks per second."""
+    f = mod.remote(noop)
+    with running(mod):
+        warm_up(mod, f)
+        n = cfg.noop_tasks
+        t0 = _now()
+        refs = [f.remote(i) for i in range(n)]
+        t_sub = _now()
+        out = mod.get(refs)
+        dt = _now() - t0
+        assert out[-1] == n - 1, out[-1]
+    return {"tasks_per_s": rate(n, dt), "submit_us_per_task": (t_sub - t0) * 1e6 / n}
+
+
+def wl_tiny_tasks(mod: ModuleType, cfg: Config) -> Metrics:
+    """Seed 000 Tip 2: N tasks of ``time.sleep(0.0001)`` (default 100,000), submit all then get."""
+    f = mod.remote(tiny_work)
+    with running(mod):
+        warm_up(mod, f)
+        n = cfg.tiny_tasks
+        t0 = _now()
+        results = mod.get([f.remote(x) for x in range(n)])
+        dt = _now() - t0
+        assert len(results) == n
+    # time.sleep(0.0001) really sleeps ~155 us: N of them on 2 CPUs cannot beat this.
+    return {"seconds": dt, "tasks_per_s": rate(n, dt), "tasks": n, "floor_s": n * 155e-6 / NUM_CPUS}
+
+
+def wl_asyncio_gather(mod: ModuleType, cfg: Config) -> Metrics:
+    """Sync ``init``, then in ``asyncio.run``: ``await asyncio.gather(*refs)`` over 10,000 refs."""
+    f = mod.remote(noop)
+
+    async def drive(n: int) -> float:
+        t0 = _now()
+        refs = [f.remote(i) for i in range(n)]
+        out = await asyncio.gather(*refs)
+        dt = _now() - t0
+        assert out[-1] == n - 1
+        return dt
+
+    with running(mod):
+        warm_up(mod, f)
+        asyncio.run(drive(100))
+        n = cfg.noop_tasks
+        dt = asyncio.run(drive(n))
+    return {"tasks_per_s": rate(n, dt)}
+
+
+def wl_asyncio_aio(mod: ModuleType, cfg: Config) -> Metrics:
+    """asyncray only: ``await aio.init()`` on the caller's loop, gather 10,000 refs, ``aio.shutdown()``."""
+    aio = getattr(mod, "aio", None)
+    if aio is None:
+        try:
+            aio = importlib.import_module(f"{mod.__name__}.aio")
+        except ImportError:
+            raise Skip(f"{mod.__name__} has no aio module") from None
+    f = mod.remote(noop)
+
+    async def main(n: int) -> Metrics:
+        t0 = _now()
+        await aio.init(**init_kwargs(mod))
+        try:
+            await f.remote(0)
+            t_first = _now() - t0
+            await asyncio.gather(*[f.remote(i) for i in range(100)])
+            t1 = _now()
+            out = await asyncio.gather(*[f.remote(i) for i in range(n)])
+            dt = _now() - t1
+            assert out[-1] == n - 1
+            t2 = _now()
+            for _ in range(cfg.roundtrip_calls):
+                await f.remote()
+            rt = _now() - t2
+        finally:
+            await aio.shutdown()
+        return {
+            "tasks_per_s": rate(n, dt),
+            "await_roundtrip_ms": rt * 1000 / cfg.roundtrip_calls,
+            "init_to_first_task_s": t_first,
+        }
+
+    return asyncio.run(main(cfg.noop_tasks))
+
+
+def _large_array() -> Any:
+    import numpy as np
+
+    return np.ones(LARGE_SHAPE, dtype=np.float64)  # touched pages, unlike np.zeros
+
+
+def wl_put_get_large(mod: ModuleType, cfg: Config) -> Metrics:
+    """``put`` of a 160 MB float64 array (first and median of repeats) and ``get`` of it."""
+    a = _large_array()
+    gb = a.nbytes / 1e9
+    with running(mod):
+        warm_up(mod, mod.remote(noop), 10)
+        put_s: list[float] = []
+        get_ms: list[float] = []
+        for _ in range(cfg.put_repeats):
+            t0 = _now()
+            ref = mod.put(a)
+            put_s.append(_now() - t0)
+            for _ in range(3):
+                t0 = _now()
+                b = mod.get(ref)
+                get_ms.append((_now() - t0) * 1000)
+                assert b.shape == a.shape and b[-1, -1] == 1.0
+                del b
+            del ref
+            time.sleep(0.2)  # let the store free it
+    med = statistics.median(put_s)
+    return {
+        "put_s": med,
+        "put_gbps": gb / med,
+        "put_first_s": put_s[0],
+        "get_ms": statistics.median(get_ms),
+        "get_max_ms": max(get_ms),
+    }
+
+
+def wl_put_gigabytes(mod: ModuleType, cfg: Config) -> Metrics:
+    """Ray microbenchmark ``single_client_put_gigabytes``: repeated puts of an 800 MB int64 array."""
+    import numpy as np
+
+    arr = np.zeros(100 * 1024 * 1024, dtype=np.int64)
+    gb = arr.nbytes / 1e9
+    with running(mod):
+        n = cfg.put_repeats
+        t0 = _now()
+        for _ in range(n):
+            ref = mod.put(arr)
+            del ref
+        dt = _now() - t0
+    return {"put_gbps": gb * n / dt}
+
+
+def wl_tip3(mod: ModuleType, cfg: Config) -> Metrics:
+    """Seed 000 Tip 3: a 160 MB array passed to 10 tasks by value, then by ref (one ``put``)."""
+    import numpy as np
+
+    f = mod.remote(no_work)
+    s = mod.remote(sleep_then)
+    with running(mod):
+        # Warm up: every worker has the functions and numpy imported.
+        mod.get([s.remote(0.05) for _ in range(2 * NUM_CPUS)])
+        mod.get([f.remote(np.zeros(10)) for _ in range(2 * NUM_CPUS)])
+
+        t0 = _now()
+        a = np.zeros(LARGE_SHAPE)
+        mod.get([f.remote(a) for _ in range(10)])
+        by_value = _now() - t0
+        del a
+        time.sleep(0.5)
+
+        t0 = _now()
+        a_id = mod.put(np.zeros(LARGE_SHAPE))
+        mod.get([f.remote(a_id) for _ in range(10)])
+        by_ref = _now() - t0
+    return {"by_value_s": by_value, "by_ref_s": by_ref}
+
+
+def wl_small_objects(mod: ModuleType, cfg: Config) -> Metrics:
+    """Small objects: ``put(0)`` calls per second, and ``get`` of one small put ref per second."""
+    with running(mod):
+        n = cfg.small_calls
+        for _ in range(100):
+            mod.put(0)
+        t0 = _now()
+        for _ in range(n):
+            mod.put(0)
+        put_dt = _now() - t0
+        ref = mod.put(b"x" * 100)
+        for _ in range(100):
+            mod.get(ref)
+        t0 = _now()
+        for _ in range(n):
+            mod.get(ref)
+        get_dt = _now() - t0
+    return {"puts_per_s": rate(n, put_dt), "gets_per_s": rate(n, get_dt)}
+
+
+def wl_shutdown(mod: ModuleType, cfg: Config) -> Metrics:
+    """Seconds spent in ``shutdown()`` after a few tasks; processes still alive right after and 1 s later."""
+    import psutil
+
+    f = mod.remote(noop)
+    t_start = time.time()
+    mod.init(**init_kwargs(mod))
+    warm_up(mod, f, 20)
+    procs = runtime_processes(mod, t_start)
+    t0 = _now()
+    mod.shutdown()
+    dt = _now() - t0
+
+    def alive() -> int:
+        return sum(1 for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+
+    left_now = alive()
+    time.sleep(1.0)
+    return {"shutdown_s": dt, "processes_left": left_now, "processes_left_after_1s": alive()}
+
+
+# --------------------------------------------------------------------------- actor workloads
+
+
+class Pinger:
+    """A sync actor."""
+
+    def ping(self, x: Any = None) -> Any:
+        return x
+
+
+class AsyncPinger:
+    """An async actor."""
+
+    async def ping(self, x: Any = None) -> Any:
+        return x
+
+
+def make_actor(mod: ModuleType, cls: type, **options: Any) -> Any:
+    """Create an actor and complete one call; raise Skip if actors do not work yet."""
+    try:
+        actor_cls = mod.remote(cls)
+        if options:
+            actor_cls = actor_cls.options(**options)
+        handle = actor_cls.remote()
+    except Exception as e:  # noqa: BLE001 - actors may not exist yet: any failure means skip
+        raise Skip(f"actor creation raised {type(e).__name__}: {e}") from None
+    try:
+        mod.get(handle.ping.remote(1), timeout=ACTOR_TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001 - same
+        raise Skip(f"first actor call raised {type(e).__name__}: {e}") from None
+    return handle
+
+
+def wl_actor_roundtrip(mod: ModuleType, cfg: Config) -> Metrics:
+    """``get(actor.ping.remote())`` in a loop: milliseconds per call."""
+    with running(mod):
+        a = make_actor(mod, Pinger)
+        for _ in range(100):
+            mod.get(a.ping.remote())
+        n = cfg.roundtrip_calls
+        t0 = _now()
+        for _ in range(n):
+            mod.get(a.ping.remote())
+        dt = _now() - t0
+    return {"ms_per_call": dt * 1000 / n}
+
+
+def _pipelined(mod: ModuleType, a: Any, n: int) -> float:
+    mod.get([a.ping.remote(i) for i in range(100)])
+    t0 = _now()
+    out = mod.get([a.ping.remote(i) for i in range(n)])
+    dt = _now() - t0
+    assert out[-1] == n - 1
+    return dt
+
+
+def wl_actor_pipelined(mod: ModuleType, cfg: Config) -> Metrics:
+    """10,000 calls to one sync actor submitted at once, then one ``get``: calls per second."""
+    with running(mod):
+        a = make_actor(mod, Pinger)
+        dt = _pipelined(mod, a, cfg.actor_calls)
+    return {"calls_per_s": rate(cfg.actor_calls, dt)}
+
+
+def wl_actor_async(mod: ModuleType, cfg: Config) -> Metrics:
+    """10,000 calls to one async actor (``async def`` method) at once: calls per second."""
+    with running(mod):
+        a = make_actor(mod, AsyncPinger)
+        dt = _pipelined(mod, a, cfg.actor_calls)
+    return {"calls_per_s": rate(cfg.actor_calls, dt)}
+
+
+def nn_caller(mod_name: str, actor: Any, n: int) -> int:
+    """A task that calls its own actor ``n`` times (pipelined) and returns how many answered."""
+    m = importlib.import_module(mod_name)
+    return len(m.get([actor.ping.remote(i) for i in range(n)]))
+
+
+def wl_actor_nn(mod: ModuleType, cfg: Config) -> Metrics:
+    """n:n actor calls: one caller task per CPU, each calling its own actor 2,000 times."""
+    caller = mod.remote(nn_caller)
+    with running(mod):
+        # Actors hold no CPU (options num_cpus=0) so the caller tasks can take both CPUs.
+        actors = [make_actor(mod, Pinger, num_cpus=0) for _ in range(NUM_CPUS)]
+        per = cfg.nn_calls_per_caller
+        mod.get([caller.remote(mod.__name__, a, 10) for a in actors], timeout=ACTOR_TIMEOUT_S)
+        t0 = _now()
+        counts = mod.get([caller.remote(mod.__name__, a, per) for a in actors], timeout=300)
+        dt = _now() - t0
+        assert sum(counts) == per * len(actors), counts
+    return {"calls_per_s": rate(per * len(actors), dt)}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload and how to read its metrics: metric name -> (unit, better direction)."""
+
+    fn: Callable[[ModuleType, Config], Metrics]
+    metrics: dict[str, tuple[str, str]] = field(default_factory=dict)
+    actor: bool = False
+
+
+LOWER, HIGHER, INFO = "lower", "higher", "info"
+
+WORKLOADS: dict[str, Workload] = {
+    "init": Workload(wl_init, {
+        "init_to_first_task_s": ("s", LOWER), "init_call_s": ("s", LOWER), "import_s": ("s", LOWER)}),
+    "memory": Workload(wl_memory, {
+        "total_rss_mb": ("MB", LOWER), "children_rss_mb": ("MB", LOWER), "driver_rss_delta_mb": ("MB", LOWER),
+        "total_pss_mb": ("MB", LOWER), "processes": ("", INFO)}),
+    "roundtrip": Workload(wl_roundtrip, {"ms_per_call": ("ms", LOWER)}),
+    "throughput": Workload(wl_throughput, {"tasks_per_s": ("/s", HIGHER), "submit_us_per_task": ("us", LOWER)}),
+    "tiny_tasks": Workload(wl_tiny_tasks, {
+        "seconds": ("s", LOWER), "tasks_per_s": ("/s", HIGHER), "tasks": ("", INFO), "floor_s": ("s", INFO)}),
+    "asyncio_gather": Workload(wl_asyncio_gather, {"tasks_per_s": ("/s", HIGHER)}),
+    "asyncio_aio": Workload(wl_asyncio_aio, {
+        "tasks_per_s": ("/s", HIGHER), "await_roundtrip_ms": ("ms", LOWER), "init_to_first_task_s": ("s", LOWER)}),
+    "put_get_large": Workload(wl_put_get_large, {
+        "put_s": ("s", LOWER), "put_gbps": ("GB/s", HIGHER), "put_first_s": ("s", LOWER),
+        "get_ms": ("ms", LOWER), "get_max_ms": ("ms", LOWER)}),
+    "put_gigabytes": Workload(wl_put_gigabytes, {"put_gbps": ("GB/s", HIGHER)}),
+    "tip3": Workload(wl_tip3, {"by_value_s": ("s", LOWER), "by_ref_s": ("s", LOWER)}),
+    "small_objects": Workload(wl_small_objects, {"puts_per_s": ("/s", HIGHER), "gets_per_s": ("/s", HIGHER)}),
+    "shutdown": Workload(wl_shutdown, {
+        "shutdown_s": ("s", LOWER), "processes_left": ("", LOWER), "processes_left_after_1s": ("", LOWER)}),
+    "actor_roundtrip": Workload(wl_actor_roundtrip, {"ms_per_call": ("ms", LOWER)}, actor=True),
+    "actor_pipelined": Workload(wl_actor_pipelined, {"calls_per_s": ("/s", HIGHER)}, actor=True),
+    "actor_async": Workload(wl_actor_async, {"calls_per_s": ("/s", HIGHER)}, actor=True),
+    "actor_nn": Workload(wl_actor_nn, {"calls_per_s": ("/s", HIGHER)}, actor=True),
+}
+
+IMPORT_S = 0.0  # set by main(): seconds to import the framework module
+
+
+def emit(result: Metrics) -> None:
+    """Print the result line the runner parses."""
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one workload on one framework in this process and print its metrics."""
+    global IMPORT_S
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("framework", help="module to benchmark: asyncray or ray")
+    p.add_argument("workload", choices=sorted(WORKLOADS))
+    p.add_argument("--quick", action="store_true", help="smaller sizes for the long workloads")
+    p.add_argument("--tiny-tasks", type=int, default=None, help="task count of tiny_tasks (default 100,000)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    cfg = Config.make(args.quick, args.tiny_tasks)
+    t0 = _now()
+    mod = importlib.import_module(args.framework)
+    IMPORT_S = _now() - t0
+    try:
+        result = WORKLOADS[args.workload].fn(mod, cfg)
+    except Skip as e:
+        emit({"skipped": str(e)})
+        return 0
+    except Exception as e:  # noqa: BLE001 - reported as an error row by run.py
+        traceback.print_exc()
+        emit({"error": f"{type(e).__name__}: {e}"})
+        return 1
+    emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

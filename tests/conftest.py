@@ -1,0 +1,72 @@
+"""Shared fixtures: a runtime per module, and checks that nothing is left behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+import asyncray
+
+SHM_GLOB = "/dev/shm/asyncray-*"
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``cond`` until true or the deadline; returns the last result (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_leaks_per_module() -> Iterator[None]:
+    """After each test module: the runtime is down, no child process and no store segment remain."""
+    shm_before = set(glob.glob(SHM_GLOB))
+    yield
+    if asyncray.is_initialized():
+        asyncray.shutdown()
+    assert wait_for(lambda: not [p for p in _children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]), (
+        f"processes left running: {[(p.pid, p.cmdline()) for p in _children()]}"
+    )
+    leaked = set(glob.glob(SHM_GLOB)) - shm_before
+    assert not leaked, f"shared-memory directories left behind: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def ray() -> Iterator[object]:
+    """An embedded 2-CPU runtime shared by the tests of one module."""
+    asyncray.init(num_cpus=2)
+    yield asyncray
+    asyncray.shutdown()
+
+
+@pytest.fixture
+def fresh_ray() -> Iterator[object]:
+    """A runtime of its own for one test (for tests that break things)."""
+    if asyncray.is_initialized():
+        asyncray.shutdown()
+    asyncray.init(num_cpus=2)
+    yield asyncray
+    asyncray.shutdown()
+
+
+def pids_of_workers() -> list[int]:
+    """Worker processes of the embedded runtime (children of this process running the worker)."""
+    return [p.pid for p in _children() if "asyncray._worker" in " ".join(p.cmdline())]
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
