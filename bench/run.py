@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"asyncray vs Ray, num_cpus=2 each, {'--quick' if args.quick else 'full'} run, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}")
     print("ratio column: asyncray/ray (raw); 'asyncray better by': >1x means asyncray wins, "
           "whichever direction ('better') the metric improves in")
     print()

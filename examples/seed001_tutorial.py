@@ -78,7 +78,8 @@ data = [generate_data.remote() for _ in range(100)]
 while len(data) > 1:
     data.append(aggregate_data.remote(data.pop(0), data.pop(0)))
 # Fetch the result.
-print(ray.get(data)[0].shape)  # changed: the tutorial's bare ``ray.get(data)``; the shape is what matters
+ray.get(data)
+print(len(ray.get(data)), ray.get(data)[0].shape)  # added: one array of 1000 is left
 
 @ray.remote
 def sub_experiment(i, j):

@@ -12,7 +12,7 @@ import pytest
 
 import asyncray
 
-SHM_GLOB = "/dev/shm/asyncray-*"
+SHM_GLOB = f"/dev/shm/asyncray-s{os.getpid()}-*"
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import psutil
@@ -84,7 +86,10 @@ def test_killed_driver_leaves_no_orphans(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         assert wait_for(lambda: not any(psutil.pid_exists(p) for p in worker_pids), 10), "workers outlived the driver"
+        assert wait_for(lambda: not glob.glob(f"/dev/shm/asyncray-s{proc.pid}-*"), 10), "store left behind"
+        assert wait_for(lambda: not glob.glob(f"{tempfile.gettempdir()}/asyncray-sessions/s{proc.pid}-*"), 10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]

@@ -115,6 +115,7 @@ class Core:
         self.store = ObjectStore(store_dir)
         self.address = ""
         self.executor: Any = None  # set by the worker process
+        self.on_node_lost: Callable[[], None] | None = None  # the worker exits then
         from asyncray._actor.client import ActorClient
 
         self.actors = ActorClient(self)
@@ -704,9 +705,8 @@ class Core:
             self.executor.connection_lost(conn)
 
     def _on_node_close(self, conn: Connection) -> None:
-        if not self._closed and self.role == "worker":
-            log.warning("node connection lost; worker exits")
-            os._exit(1)
+        if not self._closed and self.on_node_lost is not None:
+            self.on_node_lost()
 
     # ================================================================ incoming messages
     def _on_message(self, conn: Connection, msg: m.Message) -> None:

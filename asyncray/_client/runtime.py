@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import glob
 import logging
 import os
 import secrets
@@ -30,6 +31,29 @@ log = logging.getLogger(__name__)
 
 def _default_store_root() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def _sweep_stale_sessions() -> None:
+    """Remove session and store directories of embedded clusters whose driver died unclean."""
+    patterns = (
+        os.path.join(tempfile.gettempdir(), "asyncray-sessions", "s*-*"),
+        os.path.join(_default_store_root(), "asyncray-s*-*"),
+    )
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            pid_text = os.path.basename(path).split("-")[-2].lstrip("s")
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _total_memory() -> int:
@@ -78,6 +102,7 @@ class Runtime:
         log_to_driver: bool,
     ) -> RuntimeInfo:
         """Start head, node and core on the running loop."""
+        _sweep_stale_sessions()
         cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
         session = f"s{os.getpid()}-{secrets.token_hex(3)}"
         self.session_dir = os.path.join(tempfile.gettempdir(), "asyncray-sessions", session)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+import time
+from collections.abc import Callable
 
 from asyncray._client.core import Core, install
 from asyncray._client.portal import Portal
@@ -23,15 +26,31 @@ log = logging.getLogger("asyncray.worker")
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL us when the node process goes away (no orphans, SPEC 5)."""
+    """Ask Linux to SIGTERM us when the node process goes away (no orphans, SPEC 5)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
 
-async def _start() -> TaskExecutor:
+def _exit_without_node(parent: int) -> None:
+    """The node is gone: exit, and if it died without cleaning up (SIGKILL), remove its leftovers."""
+    if os.getppid() != parent:
+        for key in ("ASYNCRAY_STORE_DIR", "ASYNCRAY_SESSION_DIR"):
+            shutil.rmtree(os.environ.get(key, ""), ignore_errors=True)
+    os._exit(0)
+
+
+def _on_node_lost(parent: int) -> None:
+    # The connection drops a moment before the kernel reparents us; give it that moment.
+    deadline = time.monotonic() + 0.5
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _exit_without_node(parent)
+
+
+async def _start(on_node_lost: Callable[[], None]) -> TaskExecutor:
     env = os.environ
     core = Core(
         role="worker",
@@ -43,6 +62,7 @@ async def _start() -> TaskExecutor:
         token=env.get("ASYNCRAY_TOKEN", ""),
         worker_id=bytes.fromhex(env["ASYNCRAY_WORKER_ID"]),
     )
+    core.on_node_lost = on_node_lost
     install(core)
     executor = TaskExecutor(core)
     core.executor = executor
@@ -55,13 +75,17 @@ async def _start() -> TaskExecutor:
 
 def main() -> None:
     """Run the worker until its node goes away (the core then exits the process)."""
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, lambda *_: _exit_without_node(parent))
     _die_with_parent()
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     portal = Portal()
     try:
-        executor = portal.call(_start())
+        try:
+            executor = portal.call(_start(lambda: _on_node_lost(parent)))
+        except OSError:  # the node went away while we were starting
+            _on_node_lost(parent)
         executor.serve_sync_tasks()
     finally:
         sys.stdout.flush()
