@@ -97,7 +97,13 @@ class TaskError(AsyncRayError):
         return f"{base}\n\n{where}; remote traceback:\n{self.traceback_text}".rstrip()
 
     def __reduce__(self) -> Any:
-        return (make_task_error, (self.cause, self.function_name, self.traceback_text))
+        cause = self.cause
+        if cause is None:
+            return (make_task_error, (None, self.function_name, self.traceback_text))
+        # Rebuild the cause without calling its __init__: user exceptions often take other
+        # arguments than the ``args`` they store, and would not unpickle the usual way.
+        state = dict(getattr(cause, "__dict__", {}))
+        return (_rebuild_task_error, (type(cause), cause.args, state, self.function_name, self.traceback_text))
 
     @classmethod
     def wrap(cls, cause: BaseException, function_name: str, traceback_text: str) -> TaskError:
@@ -114,6 +120,18 @@ def _dual_class(cause_cls: type[BaseException]) -> type[TaskError]:
         return type(name, (TaskError, cause_cls), {"__module__": "asyncray.exceptions"})
     except TypeError:  # layout conflict (some builtins): fall back to the plain error
         return TaskError
+
+
+def _rebuild_task_error(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any], function_name: str, traceback_text: str
+) -> TaskError:
+    cause = cls.__new__(cls)
+    cause.args = args
+    try:
+        cause.__dict__.update(state)
+    except AttributeError:
+        pass
+    return make_task_error(cause, function_name, traceback_text)
 
 
 def make_task_error(cause: BaseException | None, function_name: str, traceback_text: str) -> TaskError:

@@ -108,11 +108,6 @@ def test_registration_of_unknown_worker_kills_it() -> None:
     assert b"stranger" not in s.workers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a second RegisterWorker for a leased worker sets it IDLE while its lease lives on, "
-    "so the same worker can be leased twice",
-)
 def test_repeated_registration_does_not_free_a_leased_worker() -> None:
     s = make(cpus=2)
     (wid,) = pool(s, 1)
@@ -270,7 +265,7 @@ def test_cancel_only_matches_client_and_rid() -> None:
         ({"GPU": 1.0}, r"GPU=1 .* more than 0"),
         ({"CPU": -1.0}, r"'CPU' must not be negative, got -1"),
         ({"CPU": 1.0, "memory": -5.0}, r"'memory' must not be negative"),
-        ({"CPU": float("inf")}, r"CPU=inf"),
+        ({"CPU": float("inf")}, r"'CPU' must be a finite number"),
     ],
 )
 def test_infeasible_or_negative_request_is_rejected_by_name(resources: dict[str, float], match: str) -> None:
@@ -283,11 +278,6 @@ def test_infeasible_or_negative_request_is_rejected_by_name(resources: dict[str,
     assert not s.queue and s.workers == {} and s.available == {"CPU": 2.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: request() lets NaN through (NaN < 0 and NaN > total are both False); the grant "
-    "turns available['CPU'] into NaN and no later request ever fits",
-)
 def test_nan_request_is_rejected() -> None:
     s = make(cpus=2)
     pool(s, 2)

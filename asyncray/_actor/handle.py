@@ -47,6 +47,12 @@ class ActorClass:
         self.__doc__ = cls.__doc__
         self.__module__ = cls.__module__
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Travels inside functions that create actors; the per-process cache stays home.
+        state = dict(self.__dict__)
+        state["_blob"] = state["_blob_core"] = None
+        return state
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"actor class {self._cls.__name__} cannot be instantiated directly; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -35,7 +36,7 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
         out["num_returns"] = out.pop("num_return_vals")
     for name in ("num_cpus", "num_gpus", "memory"):
         v = out.get(name)
-        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
+        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0):
             raise ValueError(f"{name} must be a number >= 0 for {what}, got {v!r}")
     res = out.get("resources")
     if res is not None:
@@ -44,7 +45,7 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
         for k, v in res.items():
             if k in ("CPU", "GPU"):
                 raise ValueError(f"use num_cpus/num_gpus, not resources={{{k!r}: ...}}, for {what}")
-            if not isinstance(v, int | float) or v < 0:
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"resource {k!r} must be a number >= 0 for {what}, got {v!r}")
     nr = out.get("num_returns")
     if nr is not None and (not isinstance(nr, int) or isinstance(nr, bool) or nr < 0):

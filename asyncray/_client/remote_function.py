@@ -36,6 +36,12 @@ class RemoteFunction(Generic[P, R]):
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         self._is_async = inspect.iscoroutinefunction(fn)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Travels inside other functions (nested tasks); the per-process cache stays home.
+        state = dict(self.__dict__)
+        state["_descriptor"] = state["_descriptor_core"] = None
+        return state
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"remote function {self._fn.__name__} cannot be called directly; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,8 @@ class LocalScheduler:
     def request(self, req: LeaseRequest) -> list[Action]:
         """A client wants a worker."""
         for k, v in req.resources.items():
+            if not math.isfinite(v):
+                return [Reject(req, f"resource {k!r} must be a finite number, got {v}")]
             if v < 0:
                 return [Reject(req, f"resource {k!r} must not be negative, got {v}")]
             if v > self.total.get(k, 0.0) + EPS:
@@ -147,6 +150,8 @@ class LocalScheduler:
         rec = self.workers.get(worker_id)
         if rec is None or rec.state is WorkerState.DEAD:
             return [KillWorker(worker_id)]
+        if rec.state is not WorkerState.STARTING:
+            return []  # a repeated registration must not free a leased worker
         rec.pid, rec.address, rec.state, rec.idle_since = pid, address, WorkerState.IDLE, now
         return self._schedule()
 

@@ -56,7 +56,9 @@ def loads(data: bytes | memoryview, buffers: list[Any] | None = None) -> Any:
 def error_descriptor(exc: BaseException) -> list[Any]:
     """Descriptor for a failure; falls back to a plain error when the exception won't pickle."""
     try:
-        return [ERROR, cloudpickle.dumps(exc, protocol=5)]
+        blob = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(blob)  # an exception that pickles may still fail to unpickle
+        return [ERROR, blob]
     except Exception:
         from asyncray.exceptions import AsyncRayError
 

@@ -17,7 +17,10 @@ _HEADER_BYTES = 4
 
 def encode(msg: Message) -> bytes:
     """Return the frame for one message: length prefix plus msgpack body."""
-    body = msgpack.packb(msg.to_wire(), use_bin_type=True)
+    try:
+        body = msgpack.packb(msg.to_wire(), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"{type(msg).__name__} cannot be encoded: {exc}") from exc
     if len(body) > MAX_FRAME_BYTES:
         raise ProtocolError(
             f"{type(msg).__name__} frame is {len(body)} bytes, over the {MAX_FRAME_BYTES}-byte limit"

@@ -137,8 +137,8 @@ class Connection(asyncio.Protocol):
         rid = self.next_rid()
         msg.rid = rid  # type: ignore[attr-defined]
         fut = self._loop.create_future()
+        self.send(msg)  # encodes first: a message that cannot be encoded leaves nothing pending
         self._pending[rid] = fut
-        self.send(msg)
         return fut
 
     def reply(self, rid: int, value: Any = None, error: str | None = None) -> None:

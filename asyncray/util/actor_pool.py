@@ -22,7 +22,6 @@ class ActorPool:
         self._future_to_actor: dict[ObjectRef, tuple[int, Any]] = {}
         self._index_to_future: dict[int, ObjectRef] = {}
         self._next_task_index = 0
-        self._next_return_index = 0
         self._pending: deque[tuple[Callable[[Any, Any], ObjectRef], Any]] = deque()
 
     # ------------------------------------------------------------ submitting
@@ -62,11 +61,10 @@ class ActorPool:
         """The next result in submission order."""
         if not self.has_next():
             raise StopIteration("no more results to get")
-        ref = self._index_to_future[self._next_return_index]
+        ref = self._index_to_future[min(self._index_to_future)]
         ready, _ = asyncray.wait([ref], timeout=timeout)
         if not ready:
             raise TimeoutError("timed out waiting for the next result")
-        self._next_return_index += 1
         self._take(ref)
         return asyncray.get(ref)
 
@@ -100,8 +98,7 @@ class ActorPool:
         """``get_next`` for async code."""
         if not self.has_next():
             raise StopAsyncIteration
-        ref = self._index_to_future[self._next_return_index]
-        self._next_return_index += 1
+        ref = self._index_to_future[min(self._index_to_future)]
         value = await ref
         self._take(ref)
         return value
