@@ -63,7 +63,7 @@ class Service:
             for server in self._servers:
                 try:
                     await asyncio.wait_for(server.wait_closed(), 1.0)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     pass
 
     async def _start(self) -> None:

@@ -461,11 +461,11 @@ def make_actor(mod: ModuleType, cls: type, **options: Any) -> Any:
         if options:
             actor_cls = actor_cls.options(**options)
         handle = actor_cls.remote()
-    except Exception as e:  # noqa: BLE001 - actors may not exist yet: any failure means skip
+    except Exception as e:
         raise Skip(f"actor creation raised {type(e).__name__}: {e}") from None
     try:
         mod.get(handle.ping.remote(1), timeout=ACTOR_TIMEOUT_S)
-    except Exception as e:  # noqa: BLE001 - same
+    except Exception as e:
         raise Skip(f"first actor call raised {type(e).__name__}: {e}") from None
     return handle
 
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     except Skip as e:
         emit({"skipped": str(e)})
         return 0
-    except Exception as e:  # noqa: BLE001 - reported as an error row by run.py
+    except Exception as e:
         traceback.print_exc()
         emit({"error": f"{type(e).__name__}: {e}"})
         return 1

@@ -8,6 +8,7 @@ one-line replacements are spelled out as the full statements they replace (``ray
 
 import time
 
+
 def do_some_work(x):
     time.sleep(1) # Replace this with work you need to do.
     return x

@@ -14,6 +14,7 @@ SCALE = float(os.environ.get("ASYNCRAY_EXAMPLE_SCALE", "1"))
 
 import time
 
+
 def tiny_work(x):
     time.sleep(0.0001) # Replace this with work you need to do.
     return x
@@ -23,6 +24,7 @@ results = [tiny_work(x) for x in range(int(100000 * SCALE))]
 print("duration =", time.time() - start)
 
 import time
+
 import asyncray as ray
 
 ray.init(num_cpus = 4)
@@ -40,6 +42,7 @@ print("duration =", time.time() - start)
 ray.shutdown()  # added: the next snippet calls ray.init() again
 
 import time
+
 import asyncray as ray
 
 ray.init(num_cpus = 4)

@@ -13,7 +13,9 @@ import os
 SCALE = float(os.environ.get("ASYNCRAY_EXAMPLE_SCALE", "1"))
 
 import time
+
 import numpy as np
+
 import asyncray as ray
 
 ray.init(num_cpus = 4)
@@ -31,7 +33,9 @@ print("duration =", time.time() - start)
 ray.shutdown()  # added: the next snippet calls ray.init() again
 
 import time
+
 import numpy as np
+
 import asyncray as ray
 
 ray.init(num_cpus = 4)

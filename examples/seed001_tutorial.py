@@ -9,6 +9,7 @@ the tutorial shows with ``# prints ...`` (an interactive session echoes them) ar
 """
 
 import asyncray as ray
+
 ray.init(num_workers=10)
 
 x = [1, 2, 3]
@@ -31,6 +32,8 @@ x_id = add2.remote(1, 2)
 print(ray.get(x_id)) # prints 3
 
 import time
+
+
 def f1():
     time.sleep(1)
 @ray.remote
@@ -65,6 +68,8 @@ z = f.remote(y)
 print(ray.get(z)) # prints 3
 
 import numpy as np
+
+
 @ray.remote
 def generate_data():
     return np.random.normal(size=1000)

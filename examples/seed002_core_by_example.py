@@ -8,6 +8,7 @@ the eight retrievals run two at a time, so expect about 1.6 s rather than the tu
 """
 
 import asyncray as ray
+
 ray.init()
 
 import time
@@ -33,7 +34,7 @@ data = [retrieve(item) for item in range(8)]
 print_runtime(data, start)
 
 
-import asyncray as ray 
+import asyncray as ray
 
 
 @ray.remote

@@ -9,12 +9,14 @@ The GSOD actor part of the tutorial is in seed003_gsod_actors.py.
 
 import os
 import time
+
 import asyncray as ray
+
 
 # Normal Python
 def fibonacci_local(sequence_size):
     fibonacci = []
-    for i in range(0, sequence_size):
+    for i in range(sequence_size):
         if i < 2:
             fibonacci.append(i)
             continue
@@ -25,7 +27,7 @@ def fibonacci_local(sequence_size):
 @ray.remote
 def fibonacci_distributed(sequence_size):
     fibonacci = []
-    for i in range(0, sequence_size):
+    for i in range(sequence_size):
         if i < 2:
             fibonacci.append(i)
             continue

@@ -8,11 +8,11 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 import asyncray
 from asyncray.exceptions import ActorDiedError
 from asyncray.util import ActorPool, Empty, Queue
-from conftest import wait_for
 
 
 @asyncray.remote

@@ -14,7 +14,7 @@ from aiohttp import web
 import asyncray
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-import aiohttp_service  # noqa: E402
+import aiohttp_service
 
 
 def expected_score(text: str) -> float:

@@ -12,9 +12,9 @@ import textwrap
 
 import psutil
 import pytest
+from conftest import wait_for
 
 import asyncray
-from conftest import wait_for
 
 
 def test_second_init_raises_and_ignore_reinit_error():

@@ -105,7 +105,7 @@ def test_num_returns(ray):
 
 
 def test_wrong_number_of_returns_is_an_error(ray):
-    x, y = add.options(num_returns=2).remote(1, 2)
+    x, _y = add.options(num_returns=2).remote(1, 2)
     with pytest.raises(ValueError, match="num_returns=2"):
         ray.get(x)
 
@@ -278,8 +278,10 @@ def test_retry_exceptions(ray, tmp_path):
 
     @asyncray.remote(retry_exceptions=[OSError], max_retries=2)
     def flaky(path):
-        n = int(open(path).read()) + 1
-        open(path, "w").write(str(n))
+        with open(path) as f:
+            n = int(f.read()) + 1
+        with open(path, "w") as f:
+            f.write(str(n))
         if n < 3:
             raise OSError("flaky")
         return n

@@ -32,8 +32,20 @@ class _Channel:
     """This process's ordered pipe to one actor."""
 
     __slots__ = (
-        "actor_id", "class_name", "next_seq", "send_seq", "ready", "inflight", "conn",
-        "incarnation", "dead", "resolving", "handles", "escaped", "release_when_idle", "registered",
+        "actor_id",
+        "class_name",
+        "conn",
+        "dead",
+        "escaped",
+        "handles",
+        "incarnation",
+        "inflight",
+        "next_seq",
+        "ready",
+        "registered",
+        "release_when_idle",
+        "resolving",
+        "send_seq",
     )
 
     def __init__(self, actor_id: bytes, class_name: str) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 
 from asyncray._client import context
 from asyncray._store import serialization as ser
-from asyncray._worker.executor import decode_args, failure_descriptor, run_async, run_sync, send_done
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
+from asyncray._worker.executor import decode_args, failure_descriptor, run_async, run_sync, send_done
 
 log = logging.getLogger(__name__)
 

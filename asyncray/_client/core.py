@@ -29,8 +29,8 @@ from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError, connect, serve
 from asyncray.exceptions import (
     GetTimeoutError,
-    SerializationError,
     ObjectLostError,
+    SerializationError,
     TaskCancelledError,
     TaskUnschedulableError,
     WorkerCrashedError,
@@ -50,7 +50,7 @@ MAX_LEASE_REQUESTS = 16
 class _Entry:
     """One object this process knows: its descriptor once ready, and who waits for it."""
 
-    __slots__ = ("desc", "waiters", "owned", "pinned", "fetching")
+    __slots__ = ("desc", "fetching", "owned", "pinned", "waiters")
 
     def __init__(self, owned: bool, desc: list[Any] | None = None) -> None:
         self.desc = desc
@@ -61,7 +61,7 @@ class _Entry:
 
 
 class _Lease:
-    __slots__ = ("lease_id", "worker_id", "pid", "address", "conn", "queue", "busy", "idle_since")
+    __slots__ = ("address", "busy", "conn", "idle_since", "lease_id", "pid", "queue", "worker_id")
 
     def __init__(self, grant: dict[str, Any], conn: Connection, queue: _SchedQueue) -> None:
         self.lease_id: int = grant["lease_id"]
@@ -77,7 +77,7 @@ class _Lease:
 class _SchedQueue:
     """Ready tasks of one resource shape, and the leases that serve them."""
 
-    __slots__ = ("resources", "tasks", "idle", "requesting")
+    __slots__ = ("idle", "requesting", "resources", "tasks")
 
     def __init__(self, resources: dict[str, float]) -> None:
         self.resources = resources
@@ -364,7 +364,7 @@ class Core:
         """Await the values of refs (one value when ``single``)."""
         pending = [self._ready_future(r) for r in refs if not self.is_ready(r)]
         if pending:
-            done, not_done = await asyncio.wait(pending, timeout=timeout)
+            _, not_done = await asyncio.wait(pending, timeout=timeout)
             if not_done:
                 for f in not_done:
                     f.cancel()
@@ -390,7 +390,7 @@ class Core:
             self.call_soon(self._watch, refs, num_returns, done)
             try:
                 await asyncio.wait_for(asyncio.shield(done_fut), timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
         return self.split_ready(refs, num_returns)
 
@@ -580,12 +580,12 @@ class Core:
             return
         spec, lease = item
         lease.busy = None
-        if msg.failed and spec.retry_exceptions and spec.attempt < spec.max_retries and not spec.cancelled:
-            if self._retryable(spec, msg.results[0]):
-                spec.attempt += 1
-                self._requeue(spec)
-                self._lease_free(lease)
-                return
+        retry = msg.failed and spec.retry_exceptions and spec.attempt < spec.max_retries and not spec.cancelled
+        if retry and self._retryable(spec, msg.results[0]):
+            spec.attempt += 1
+            self._requeue(spec)
+            self._lease_free(lease)
+            return
         self._finish(spec, msg.results)
         self._lease_free(lease)
 

@@ -61,9 +61,9 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
     if lt not in (None, "detached", "non_detached"):
         raise ValueError(f"lifetime must be 'detached' or None for {what}, got {lt!r}")
     re_ = out.get("retry_exceptions")
-    if re_ is not None and not isinstance(re_, bool):
-        if not (isinstance(re_, list | tuple) and all(isinstance(e, type) and issubclass(e, BaseException) for e in re_)):
-            raise ValueError(f"retry_exceptions must be a bool or a list of exception classes for {what}")
+    exc_list = isinstance(re_, list | tuple) and all(isinstance(e, type) and issubclass(e, BaseException) for e in re_)
+    if re_ is not None and not isinstance(re_, bool) and not exc_list:
+        raise ValueError(f"retry_exceptions must be a bool or a list of exception classes for {what}")
     return out
 
 

@@ -19,7 +19,7 @@ class ObjectRef:
     ref is a borrower and asks the owner for it.
     """
 
-    __slots__ = ("_id", "_owner", "_core", "__weakref__")
+    __slots__ = ("__weakref__", "_core", "_id", "_owner")
 
     def __init__(self, object_id: bytes, owner: str, core: Core | None) -> None:
         self._id = object_id

@@ -40,6 +40,10 @@ class NodeConfig:
     worker_path: list[str] = field(default_factory=list)
 
 
+def _open_log(path: str) -> Any:
+    return open(path, "ab")  # a local tmp file: opening it does not block the loop noticeably
+
+
 class NodeService(Service):
     """Local scheduler, worker pool, log forwarding; registers with the head."""
 
@@ -98,7 +102,7 @@ class NodeService(Service):
         for proc in procs:
             try:
                 await asyncio.wait_for(proc.wait(), max(0.05, deadline - time.monotonic()))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         self.store.destroy()
@@ -161,7 +165,7 @@ class NodeService(Service):
         if self.config.worker_path:
             env["PYTHONPATH"] = os.pathsep.join(self.config.worker_path)
         logfile = os.path.join(self.log_dir, f"worker-{worker_id.hex()[:12]}.log")
-        with open(logfile, "ab") as out:
+        with _open_log(logfile) as out:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "asyncray._worker",
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,

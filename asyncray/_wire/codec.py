@@ -35,7 +35,7 @@ class FrameDecoder:
     safe thing to do is close the connection.
     """
 
-    __slots__ = ("_buf", "_max", "_broken")
+    __slots__ = ("_broken", "_buf", "_max")
 
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self._buf = bytearray()

@@ -59,10 +59,10 @@ class Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------ protocol callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
         try:
             msgs = self._decoder.feed(data)
         except ProtocolError as exc:
@@ -93,7 +93,7 @@ class Connection(asyncio.Protocol):
             except Exception:
                 log.exception("handler failed on %s for %s", self.name, type(msg).__name__)
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         for fut in self._pending.values():
             if not fut.done():
@@ -220,8 +220,10 @@ async def serve(
 
     if family == "unix":
         assert isinstance(target, str)
-        if os.path.exists(target):
-            os.unlink(target)
+        try:
+            os.unlink(target)  # a stale socket file from a crashed process
+        except FileNotFoundError:
+            pass
         server = await loop.create_unix_server(factory, target)
         return server, address
     assert isinstance(target, tuple)

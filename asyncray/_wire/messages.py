@@ -34,7 +34,7 @@ class Message:
         return d
 
 
-def message(kind: str):  # noqa: ANN201 - decorator factory
+def message(kind: str):
     """Register a dataclass as the message of the given kind."""
 
     def register(cls: M) -> M:

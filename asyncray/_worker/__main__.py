@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 from asyncray._client.core import Core, install
 from asyncray._client.portal import Portal
+from asyncray._wire import messages as m
 from asyncray._worker import logs
 from asyncray._worker.executor import TaskExecutor
-from asyncray._wire import messages as m
 
 log = logging.getLogger("asyncray.worker")
 

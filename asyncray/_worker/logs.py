@@ -34,10 +34,10 @@ class LogForwarder(io.TextIOBase):
         self._flush_scheduled = False
         self._suffix = f"pid={os.getpid()} node={_ids.short(core.node_id)})"
 
-    def writable(self) -> bool:  # noqa: D102
+    def writable(self) -> bool:
         return True
 
-    def write(self, s: str) -> int:  # noqa: D102
+    def write(self, s: str) -> int:
         try:
             self._original.write(s)
         except (ValueError, OSError):
@@ -60,7 +60,7 @@ class LogForwarder(io.TextIOBase):
             self._core.call_soon(self._flush_to_node)
         return len(s)
 
-    def flush(self) -> None:  # noqa: D102
+    def flush(self) -> None:
         try:
             self._original.flush()
         except (ValueError, OSError):

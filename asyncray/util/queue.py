@@ -32,13 +32,13 @@ class _QueueActor:
     async def put(self, item: Any, timeout: float | None) -> None:
         try:
             await asyncio.wait_for(self.queue.put(item), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise Full(f"queue stayed full for {timeout} s") from None
 
     async def get(self, timeout: float | None) -> Any:
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise Empty(f"queue stayed empty for {timeout} s") from None
 
     async def put_nowait(self, item: Any) -> None:
