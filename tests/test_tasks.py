@@ -328,7 +328,9 @@ def test_worker_print_reaches_the_driver(ray, capfd):
         return os.getpid()
 
     wpid = ray.get(shout.remote())
-    node = ray.get_runtime_context().get_node_id()[:8]
+    from asyncray._ids import short
+
+    node = short(bytes.fromhex(ray.get_runtime_context().get_node_id()))
 
     def seen() -> bool:
         out = capfd.readouterr().out

@@ -98,7 +98,7 @@ class ActorHost:
         fut = self.core.loop.run_in_executor(pool, self._call_sync, msg, fn)
         fut.add_done_callback(lambda f: send_done(conn, msg.task_id, *f.result()))
 
-    def _call_sync(self, msg: m.PushTask, fn: Any) -> tuple[list[Any], bool]:
+    def _call_sync(self, msg: m.PushTask, fn: Any) -> tuple[list[Any], bool, float]:
         import threading
 
         self._running[msg.task_id] = threading.get_ident()
@@ -110,8 +110,8 @@ class ActorHost:
     async def _call_async(self, conn: Connection, msg: m.PushTask, fn: Any) -> None:
         assert self._semaphore is not None
         async with self._semaphore:
-            results, failed = await run_async(self.core, msg, fn, self.actor_id)
-        send_done(conn, msg.task_id, results, failed)
+            outcome = await run_async(self.core, msg, fn, self.actor_id)
+        send_done(conn, msg.task_id, *outcome)
 
     def cancel(self, task_id: bytes) -> bool:
         """Interrupt a running call; True if it was found."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -45,6 +47,11 @@ IDLE_LEASE_S = 0.005
 RECLAIM_WINDOW_S = 1.0
 # At most this many lease requests in flight per resource shape.
 MAX_LEASE_REQUESTS = 16
+# Tasks of a function known to run shorter than this are pipelined: up to PIPELINE_DEPTH sit
+# on one leased worker, so it never idles for a round trip. Unknown or longer functions get
+# one at a time, so a long task never holds up another behind it.
+SHORT_TASK_S = 0.002
+PIPELINE_DEPTH = 4
 
 
 class _Entry:
@@ -61,7 +68,7 @@ class _Entry:
 
 
 class _Lease:
-    __slots__ = ("address", "busy", "conn", "idle_since", "lease_id", "pid", "queue", "worker_id")
+    __slots__ = ("address", "conn", "idle_since", "inflight", "lease_id", "pid", "queue", "worker_id")
 
     def __init__(self, grant: dict[str, Any], conn: Connection, queue: _SchedQueue) -> None:
         self.lease_id: int = grant["lease_id"]
@@ -70,7 +77,7 @@ class _Lease:
         self.address: str = grant["address"]
         self.conn = conn
         self.queue = queue
-        self.busy: TaskSpec | None = None
+        self.inflight = 0
         self.idle_since = 0.0
 
 
@@ -84,6 +91,53 @@ class _SchedQueue:
         self.tasks: deque[TaskSpec] = deque()
         self.idle: list[_Lease] = []
         self.requesting = 0
+
+
+class _LoopBridge:
+    """Readiness notices between the core's loop and another thread's loop, batched.
+
+    ``await ref`` on a loop other than the core's costs two cross-thread wake-ups; with
+    ``asyncio.gather`` over 10,000 refs they are batched: one wake-up per burst each way.
+    """
+
+    def __init__(self, core: Core, caller: asyncio.AbstractEventLoop) -> None:
+        self.core = core
+        self.caller = caller
+        self._to_core: deque[tuple[ObjectRef, asyncio.Future[None]]] = deque()
+        self._to_caller: deque[asyncio.Future[None]] = deque()
+        self._core_wake = False
+        self._caller_wake = False
+
+    def register(self, ref: ObjectRef, fut: asyncio.Future[None]) -> None:
+        """Caller's loop: ask to be told when ``ref`` is ready."""
+        self._to_core.append((ref, fut))
+        if not self._core_wake:
+            self._core_wake = True
+            self.core.loop.call_soon_threadsafe(self._drain_core)
+
+    def _drain_core(self) -> None:
+        self._core_wake = False
+        queue = self._to_core
+        while queue:
+            ref, fut = queue.popleft()
+            self.core._when_ready(ref, functools.partial(self._ready, fut))
+
+    def _ready(self, fut: asyncio.Future[None]) -> None:
+        self._to_caller.append(fut)
+        if not self._caller_wake:
+            self._caller_wake = True
+            try:
+                self.caller.call_soon_threadsafe(self._drain_caller)
+            except RuntimeError:  # the caller's loop is closed; nobody waits any more
+                self._to_caller.clear()
+
+    def _drain_caller(self) -> None:
+        self._caller_wake = False
+        queue = self._to_caller
+        while queue:
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(None)
 
 
 class Core:
@@ -135,13 +189,14 @@ class Core:
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._reclaim_until = 0.0
+        self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     # ================================================================ lifecycle
     async def start(self) -> None:
         """Listen for peers and connect to the node and head."""
-        path = os.path.join(self.session_dir, "sockets", f"{self.role}-{self.worker_id.hex()[:12]}.sock")
+        path = os.path.join(self.session_dir, "sockets", f"{self.role}-{_ids.short(self.worker_id)}.sock")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self._server, self.address = await serve(
             f"unix:{path}", self._on_message, token=self.token, name=f"{self.role}-core", on_close=self._on_peer_close
@@ -354,16 +409,19 @@ class Core:
         if caller is self.loop:
             self._when_ready(ref, lambda: fut.done() or fut.set_result(None))
         else:
-            def wake() -> None:
-                caller.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
-
-            self.loop.call_soon_threadsafe(self._when_ready, ref, wake)
+            bridge = self._bridges.get(caller)
+            if bridge is None or bridge.caller.is_closed():
+                bridge = self._bridges[caller] = _LoopBridge(self, caller)
+            bridge.register(ref, fut)
         return fut
 
     async def get_async(self, refs: list[ObjectRef], timeout: float | None, *, single: bool = False) -> Any:
         """Await the values of refs (one value when ``single``)."""
         pending = [self._ready_future(r) for r in refs if not self.is_ready(r)]
-        if pending:
+        if pending and timeout is None:
+            for fut in pending:
+                await fut
+        elif pending:
             _, not_done = await asyncio.wait(pending, timeout=timeout)
             if not_done:
                 for f in not_done:
@@ -491,7 +549,7 @@ class Core:
 
     def _pump(self, q: _SchedQueue) -> None:
         while q.tasks and q.idle:
-            self._push(q.idle.pop(), q.tasks.popleft())
+            self._fill(q.idle.pop())
         want = len(q.tasks) - q.requesting
         while want > 0 and q.requesting < MAX_LEASE_REQUESTS:
             q.requesting += 1
@@ -524,8 +582,16 @@ class Core:
             spec = q.tasks.popleft()
             self._finish(spec, [desc] * len(spec.return_ids))
 
+    def _fill(self, lease: _Lease) -> None:
+        """Give a lease its next task, and more behind it while they are known to be short."""
+        tasks = lease.queue.tasks
+        while tasks:
+            if lease.inflight and not (lease.inflight < PIPELINE_DEPTH and 0 <= tasks[0].fn.avg_s < SHORT_TASK_S):
+                return
+            self._push(lease, tasks.popleft())
+
     def _push(self, lease: _Lease, spec: TaskSpec) -> None:
-        lease.busy = spec
+        lease.inflight += 1
         spec.state = TaskState.RUNNING
         spec.worker_pid = lease.pid
         self._running[spec.task_id] = (spec, lease)
@@ -548,7 +614,9 @@ class Core:
     def _lease_free(self, lease: _Lease) -> None:
         q = lease.queue
         if q.tasks:
-            self._push(lease, q.tasks.popleft())
+            self._fill(lease)
+            return
+        if lease.inflight:
             return
         lease.idle_since = now = time.monotonic()
         if now < self._reclaim_until:
@@ -579,7 +647,9 @@ class Core:
         if item is None:
             return
         spec, lease = item
-        lease.busy = None
+        lease.inflight -= 1
+        fn = spec.fn
+        fn.avg_s = msg.duration if fn.avg_s < 0 else 0.8 * fn.avg_s + 0.2 * msg.duration
         retry = msg.failed and spec.retry_exceptions and spec.attempt < spec.max_retries and not spec.cancelled
         if retry and self._retryable(spec, msg.results[0]):
             spec.attempt += 1

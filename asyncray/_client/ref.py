@@ -74,7 +74,10 @@ class ObjectRef:
         return self._core
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._require_core().get_async([self], None, single=True).__await__()
+        core = self._require_core()
+        if not core.is_ready(self):
+            yield from core._ready_future(self).__await__()
+        return core.load(self)
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A ``concurrent.futures.Future`` that resolves to the value (or the task's error)."""

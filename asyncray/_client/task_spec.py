@@ -32,6 +32,7 @@ class FunctionDescriptor:
     name: str
     blob: bytes
     fn_id: bytes
+    avg_s: float = -1.0  # running average of how long a call takes on a worker; -1: unknown
 
     @classmethod
     def of(cls, obj: Any, name: str) -> FunctionDescriptor:

@@ -161,10 +161,11 @@ class NodeService(Service):
             ASYNCRAY_SESSION_DIR=self.config.session_dir,
             ASYNCRAY_STORE_DIR=self.config.store_dir,
             ASYNCRAY_TOKEN=self.config.token,
+            ASYNCRAY_NODE_PID=str(os.getpid()),
         )
         if self.config.worker_path:
             env["PYTHONPATH"] = os.pathsep.join(self.config.worker_path)
-        logfile = os.path.join(self.log_dir, f"worker-{worker_id.hex()[:12]}.log")
+        logfile = os.path.join(self.log_dir, f"worker-{_ids.short(worker_id)}.log")
         with _open_log(logfile) as out:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "asyncray._worker",

@@ -315,6 +315,7 @@ class TaskDone(Message):
     task_id: bytes
     results: list[Any]
     failed: bool = False
+    duration: float = 0.0  # seconds the call ran on the worker (for pipelining decisions)
 
 
 @message("cancel_task")

@@ -75,7 +75,9 @@ async def _start(on_node_lost: Callable[[], None]) -> TaskExecutor:
 
 def main() -> None:
     """Run the worker until its node goes away (the core then exits the process)."""
-    parent = os.getppid()
+    # The node's pid comes from the node: if it died before we got here, getppid() already
+    # names our new parent, and comparing with it would hide that the node is gone.
+    parent = int(os.environ.get("ASYNCRAY_NODE_PID", os.getppid()))
     signal.signal(signal.SIGTERM, lambda *_: _exit_without_node(parent))
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver

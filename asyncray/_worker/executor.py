@@ -10,7 +10,9 @@ import os
 import queue
 import signal
 import threading
+import time
 import traceback
+from collections import deque
 from typing import Any
 
 from asyncray._client import context
@@ -41,6 +43,9 @@ class TaskExecutor:
         self._sync_queue: queue.SimpleQueue[tuple[Connection, m.PushTask, Any] | None] = queue.SimpleQueue()
         self._running: dict[bytes, Any] = {}  # task_id -> thread id or asyncio.Task
         self._current_sync: bytes | None = None
+        self._cancelled_queued: set[bytes] = set()
+        self._done: deque[tuple[Connection, bytes, list[Any], bool, float]] = deque()
+        self._done_scheduled = False
         self._cancel_requested: bytes | None = None
         self._task_thread_id = 0
 
@@ -93,6 +98,7 @@ class TaskExecutor:
             return
         target = self._running.get(task_id)
         if target is None:
+            self._cancelled_queued.add(task_id)  # still queued behind another task: skip it
             return
         if isinstance(target, asyncio.Task):
             target.cancel()
@@ -127,22 +133,35 @@ class TaskExecutor:
             if item is None:
                 return
             conn, msg, fn = item
-            self._running[msg.task_id] = ident
-            self._current_sync = msg.task_id
-            try:
-                results, failed = run_sync(self.core, msg, fn, None)
-            finally:
-                self._current_sync = None
-                self._running.pop(msg.task_id, None)
-            self.loop.call_soon_threadsafe(send_done, conn, msg.task_id, results, failed)
+            if msg.task_id in self._cancelled_queued:
+                self._cancelled_queued.discard(msg.task_id)
+                outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0)
+            else:
+                self._running[msg.task_id] = ident
+                self._current_sync = msg.task_id
+                try:
+                    outcome = run_sync(self.core, msg, fn, None)
+                finally:
+                    self._current_sync = None
+                    self._running.pop(msg.task_id, None)
+            # One wake-up of the loop per batch of finished tasks, not one per task.
+            self._done.append((conn, msg.task_id, *outcome))
+            if not self._done_scheduled:
+                self._done_scheduled = True
+                self.loop.call_soon_threadsafe(self._flush_done)
+
+    def _flush_done(self) -> None:
+        self._done_scheduled = False
+        done = self._done
+        while done:
+            send_done(*done.popleft())
 
     def stop(self) -> None:
         """Let ``serve_sync_tasks`` return."""
         self._sync_queue.put(None)
 
     async def _run_async(self, conn: Connection, msg: m.PushTask, fn: Any) -> None:
-        results, failed = await run_async(self.core, msg, fn, None)
-        send_done(conn, msg.task_id, results, failed)
+        send_done(conn, msg.task_id, *await run_async(self.core, msg, fn, None))
 
     def _reply_error(self, conn: Connection, msg: m.PushTask, exc: BaseException) -> None:
         desc = failure_descriptor(exc, msg.name)
@@ -150,10 +169,10 @@ class TaskExecutor:
 
 
 # ---------------------------------------------------------------- shared with the actor host
-def send_done(conn: Connection, task_id: bytes, results: list[Any], failed: bool) -> None:
+def send_done(conn: Connection, task_id: bytes, results: list[Any], failed: bool, duration: float = 0.0) -> None:
     """Reply to the submitter, if it is still there."""
     if conn.is_open:
-        conn.send(m.TaskDone(task_id=task_id, results=results, failed=failed))
+        conn.send(m.TaskDone(task_id=task_id, results=results, failed=failed, duration=duration))
 
 
 def failure_descriptor(exc: BaseException, name: str) -> list[Any]:
@@ -203,25 +222,30 @@ def encode_results(core: Any, msg: m.PushTask, value: Any) -> list[Any]:
     return [ser.make_descriptor(v, core.store, oid) for v, oid in zip(values, ids, strict=True)]
 
 
-def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> tuple[list[Any], bool]:
-    """Run a sync function in the calling thread; returns (descriptors, failed)."""
+Outcome = tuple[list[Any], bool, float]  # descriptors, failed, seconds it ran
+
+
+def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Outcome:
+    """Run a sync function in the calling thread."""
     token = context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
+    start = time.perf_counter()
     try:
         args, kwargs = decode_args(core, msg)
         value = fn(*args, **kwargs)
-        return encode_results(core, msg, value), False
+        return encode_results(core, msg, value), False, time.perf_counter() - start
     except BaseException as exc:
-        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True
+        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start
     finally:
         context.current_task.reset(token)
 
 
-async def run_async(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> tuple[list[Any], bool]:
-    """Run a coroutine function on this loop; returns (descriptors, failed)."""
+async def run_async(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Outcome:
+    """Run a coroutine function on this loop."""
     context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
+    start = time.perf_counter()
     try:
         args, kwargs = decode_args(core, msg)
         value = await fn(*args, **kwargs)
-        return encode_results(core, msg, value), False
+        return encode_results(core, msg, value), False, time.perf_counter() - start
     except BaseException as exc:
-        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True
+        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start
