@@ -388,7 +388,16 @@ class Core:
                 f"use 'await asyncray.aio.{api}(...)' (or 'await ref') in async code"
             )
         event = threading.Event()
-        self.loop.call_soon_threadsafe(self._watch, refs, need, event.set)
+        entry = self._objects.get(refs[0].id) if len(refs) == 1 else None
+        if entry is not None and entry.owned:
+            # Fast path for get(f.remote()): register straight from this thread, no loop hop.
+            # The loop sets ``desc`` before it takes the waiters list, so re-checking ``desc``
+            # after appending closes the race (a late waiter is never lost).
+            entry.waiters.append(event.set)
+            if entry.desc is not None:
+                event.set()
+        else:
+            self.loop.call_soon_threadsafe(self._watch, refs, need, event.set)
         blocked = self.role == "worker" and self.node is not None
         if blocked:
             self.loop.call_soon_threadsafe(self._send_node, m.WorkerBlocked(worker_id=self.worker_id))
