@@ -68,4 +68,4 @@ async def test_hundred_concurrent_requests_and_a_live_loop() -> None:
         await runner.cleanup()
     assert not asyncray.is_initialized()
     # The loop kept ticking while 100 requests were served: no call blocked it.
-    assert lags and max(lags) < 0.25, f"event loop stalled for {max(lags):.3f} s"
+    assert lags and max(lags) < 0.5, f"event loop stalled for {max(lags):.3f} s"

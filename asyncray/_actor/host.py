@@ -19,7 +19,14 @@ from asyncray._client import context
 from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
-from asyncray._worker.executor import decode_args, failure_descriptor, run_async, run_sync, send_done
+from asyncray._worker.executor import (
+    decode_args,
+    failure_descriptor,
+    needs_localizing,
+    run_async,
+    run_sync,
+    send_done,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,7 @@ class ActorHost:
                 finally:
                     context.current_task.reset(token)
 
+            await self.core.localize([*msg.args, *msg.kwargs.values()])
             self.instance = await loop.run_in_executor(self._side_thread, build)
         except BaseException as exc:
             desc = failure_descriptor(exc, f"{self.class_name}.__init__")
@@ -84,6 +92,18 @@ class ActorHost:
 
     def call(self, conn: Connection, msg: m.PushTask) -> None:
         """Run one method call (loop thread)."""
+        if needs_localizing(self.core, msg):
+            self.core.spawn(self._localize_then_call(conn, msg))
+            return
+        self._call(conn, msg)
+
+    async def _localize_then_call(self, conn: Connection, msg: m.PushTask) -> None:
+        # Note: a later call without remote arguments may overtake this one (rare: only
+        # calls whose arguments live on another node wait here).
+        await self.core.localize([*msg.args, *msg.kwargs.values()])
+        self._call(conn, msg)
+
+    def _call(self, conn: Connection, msg: m.PushTask) -> None:
         try:
             fn, is_coro = self._method(msg.method or "")
         except AttributeError as exc:

@@ -47,6 +47,8 @@ IDLE_LEASE_S = 0.005
 RECLAIM_WINDOW_S = 1.0
 # At most this many lease requests in flight per resource shape.
 MAX_LEASE_REQUESTS = 16
+# A node that is full may point a lease request to another node, at most this many times.
+MAX_REDIRECTS = 3
 # Tasks of a function known to run shorter than this are pipelined: up to PIPELINE_DEPTH sit
 # on one leased worker, so it never idles for a round trip. Unknown or longer functions get
 # one at a time, so a long task never holds up another behind it.
@@ -68,9 +70,10 @@ class _Entry:
 
 
 class _Lease:
-    __slots__ = ("address", "conn", "idle_since", "inflight", "lease_id", "pid", "queue", "worker_id")
+    __slots__ = ("address", "conn", "idle_since", "inflight", "lease_id", "node_conn", "pid", "queue", "worker_id")
 
-    def __init__(self, grant: dict[str, Any], conn: Connection, queue: _SchedQueue) -> None:
+    def __init__(self, grant: dict[str, Any], conn: Connection, queue: _SchedQueue, node_conn: Connection) -> None:
+        self.node_conn = node_conn  # the node that granted it (maybe not ours: spillback)
         self.lease_id: int = grant["lease_id"]
         self.worker_id: bytes = grant["worker_id"]
         self.pid: int = grant["pid"]
@@ -84,10 +87,11 @@ class _Lease:
 class _SchedQueue:
     """Ready tasks of one resource shape, and the leases that serve them."""
 
-    __slots__ = ("idle", "requesting", "resources", "tasks")
+    __slots__ = ("idle", "requesting", "resources", "strategy", "tasks")
 
-    def __init__(self, resources: dict[str, float]) -> None:
+    def __init__(self, resources: dict[str, float], strategy: Any) -> None:
         self.resources = resources
+        self.strategy = strategy
         self.tasks: deque[TaskSpec] = deque()
         self.idle: list[_Lease] = []
         self.requesting = 0
@@ -166,7 +170,8 @@ class Core:
         self.worker_id = worker_id or _ids.new_id()
         self.job_id = job_id or _ids.new_id()[:4]
         self.log_to_driver = log_to_driver
-        self.store = ObjectStore(store_dir)
+        self.store = ObjectStore(store_dir, node_id=node_id)
+        self.store.on_write = self._announce_object
         self.address = ""
         self.executor: Any = None  # set by the worker process
         self.on_node_lost: Callable[[], None] | None = None  # the worker exits then
@@ -189,6 +194,9 @@ class Core:
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._reclaim_until = 0.0
+        self._spread_next = 0
+        self._view: list[dict[str, Any]] = []
+        self._view_at = 0.0
         self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -360,7 +368,45 @@ class Core:
         entry = self._objects.get(ref.id)
         if entry is None or entry.desc is None:
             raise ObjectLostError(f"object {ref.hex()} is not available here")
-        return ser.load_descriptor(entry.desc, self.store)
+        desc = entry.desc
+        if ser.is_remote(desc, self.store):
+            if self.on_loop_thread():
+                raise RuntimeError("a remote object must be localized (await core.localize) before loading on the loop")
+            asyncio.run_coroutine_threadsafe(self.localize([desc]), self.loop).result()
+        return ser.load_descriptor(desc, self.store)
+
+    async def localize(self, descs: Iterable[list[Any]]) -> None:
+        """Copy stored objects that live on other nodes into this node's store (loop thread).
+
+        A copy that cannot be made leaves the object unreadable: loading it then raises
+        ObjectLostError naming the node.
+        """
+        remote = [d for d in descs if ser.is_remote(d, self.store)]
+        if not remote:
+            return
+        assert self.node is not None
+        results = await asyncio.gather(
+            *(self.node.request(m.FetchObject(rid=0, object_id=d[1], node_id=d[3])) for d in remote),
+            return_exceptions=True,
+        )
+        for desc, res in zip(remote, results, strict=True):
+            if isinstance(res, BaseException):
+                err = ObjectLostError(f"object {desc[1].hex()} is lost: {res}")
+                desc[:] = ser.error_descriptor(err)
+
+    async def localize_refs(self, refs: list[ObjectRef]) -> None:
+        """``localize`` for ready refs, from any loop."""
+        descs = [e.desc for r in refs if (e := self._objects.get(r.id)) is not None and e.desc is not None]
+        if not any(ser.is_remote(d, self.store) for d in descs):
+            return
+        if asyncio.get_running_loop() is self.loop:
+            await self.localize(descs)
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.localize(descs), self.loop))
+
+    def _announce_object(self, object_id: bytes, size: int) -> None:
+        """Tell the node (and so the head's directory) that this node holds a new object."""
+        self.call_soon(self._send_node, m.ObjectLocation(object_id=object_id, node_id=self.node_id, size=size))
 
     # ================================================================ waiting
     def _watch(self, refs: list[ObjectRef], need: int, done: Callable[[], None]) -> None:
@@ -436,6 +482,7 @@ class Core:
                 for f in not_done:
                     f.cancel()
                 raise GetTimeoutError(f"get() timed out after {timeout} s with {len(not_done)} of {len(refs)} refs not ready")
+        await self.localize_refs(refs)
         if single:
             return self.load(refs[0])
         return [self.load(r) for r in refs]
@@ -546,7 +593,7 @@ class Core:
         key = spec.sched_key
         q = self._queues.get(key)
         if q is None:
-            q = self._queues[key] = _SchedQueue(spec.resources)
+            q = self._queues[key] = _SchedQueue(spec.resources, spec.strategy)
         spec.state = TaskState.QUEUED
         q.tasks.append(spec)
         self._pump(q)
@@ -566,24 +613,69 @@ class Core:
             self.spawn(self._request_lease(q))
 
     async def _request_lease(self, q: _SchedQueue) -> None:
-        assert self.node is not None
         try:
-            grant = await self.node.request(m.RequestLease(rid=0, resources=q.resources))
-        except RemoteCallError as exc:
+            node_conn, label = await self._lease_target(q.strategy)
+            grant = await node_conn.request(m.RequestLease(rid=0, resources=q.resources, label=label))
+            for _ in range(MAX_REDIRECTS):  # spillback: that node is full, another is not
+                if "redirect" not in grant:
+                    break
+                node_conn = await self._peer(grant["redirect"])
+                grant = await node_conn.request(m.RequestLease(rid=0, resources=q.resources, label="affinity:redirected"))
+        except (RemoteCallError, TaskUnschedulableError) as exc:
             q.requesting -= 1
-            self._fail_queue(q, TaskUnschedulableError(f"task cannot be scheduled: {exc}"))
+            err = exc if isinstance(exc, TaskUnschedulableError) else TaskUnschedulableError(f"task cannot be scheduled: {exc}")
+            self._fail_queue(q, err)
             return
-        except ConnectionLost:
+        except (ConnectionLost, OSError):
             q.requesting -= 1
+            self.loop.call_later(0.2, self._pump, q)  # the node went away; try again shortly
             return
         q.requesting -= 1
+        if "redirect" in grant:
+            self._pump(q)
+            return
         try:
             conn = await self._peer(grant["address"])
         except OSError:
-            self._send_node(m.ReturnLease(lease_id=grant["lease_id"], kill=True))
+            node_conn.send(m.ReturnLease(lease_id=grant["lease_id"], kill=True))
             self._pump(q)
             return
-        self._lease_free(_Lease(grant, conn, q))
+        self._lease_free(_Lease(grant, conn, q, node_conn))
+
+    async def _lease_target(self, strategy: Any) -> tuple[Connection, str]:
+        """Which node to ask for a lease: ours, or the one a strategy names."""
+        assert self.node is not None
+        if strategy is None:
+            return self.node, ""
+        nodes = [n for n in await self.cluster_view() if n["alive"]]
+        if strategy == "SPREAD":
+            if not nodes:
+                return self.node, ""
+            self._spread_next += 1
+            node = nodes[self._spread_next % len(nodes)]
+            return await self._node_conn(node), "affinity:spread"
+        target = next((n for n in nodes if n["node_id"].hex() == strategy.node_id), None)
+        if target is None:
+            if strategy.soft:
+                return self.node, ""
+            raise TaskUnschedulableError(
+                f"node {strategy.node_id} (NodeAffinitySchedulingStrategy, soft=False) is dead or unknown"
+            )
+        return await self._node_conn(target), "affinity:hard" if not strategy.soft else "affinity:soft"
+
+    async def _node_conn(self, node: dict[str, Any]) -> Connection:
+        if node["node_id"] == self.node_id and self.node is not None:
+            return self.node
+        return await self._peer(node["address"])
+
+    async def cluster_view(self) -> list[dict[str, Any]]:
+        """The head's list of nodes, cached briefly."""
+        now = time.monotonic()
+        if now - self._view_at > 0.5:
+            assert self.head is not None
+            state = await self.head.request(m.GetClusterState(rid=0))
+            self._view, self._view_at = state["nodes"], now
+        return self._view
 
     def _fail_queue(self, q: _SchedQueue, exc: Exception) -> None:
         desc = ser.error_descriptor(exc)
@@ -629,11 +721,15 @@ class Core:
             return
         lease.idle_since = now = time.monotonic()
         if now < self._reclaim_until:
-            self._send_node(m.ReturnLease(lease_id=lease.lease_id))
+            self._return_lease(lease)
             return
         q.idle.append(lease)
         if self._sweep_handle is None:
             self._sweep_handle = self.loop.call_later(IDLE_LEASE_S, self._sweep_idle_leases)
+
+    def _return_lease(self, lease: _Lease) -> None:
+        if lease.node_conn.is_open:
+            lease.node_conn.send(m.ReturnLease(lease_id=lease.lease_id))
 
     def _sweep_idle_leases(self, *, all_of_them: bool = False) -> None:
         self._sweep_handle = None
@@ -643,7 +739,7 @@ class Core:
             keep = []
             for lease in q.idle:
                 if all_of_them or now - lease.idle_since >= IDLE_LEASE_S:
-                    self._send_node(m.ReturnLease(lease_id=lease.lease_id))
+                    self._return_lease(lease)
                 else:
                     keep.append(lease)
             q.idle = keep
@@ -845,6 +941,7 @@ class Core:
         resources: dict[str, float],
         max_retries: int,
         retry_exceptions: Any,
+        strategy: Any = None,
     ) -> TaskSpec:
         """Pickle arguments in the caller's thread (errors name the argument) and build the spec."""
         from asyncray._client.task_spec import encode_args
@@ -854,7 +951,7 @@ class Core:
         return TaskSpec(
             task_id=task_id, fn=fn, args=arg_descs, kwargs=kw_descs, deps=deps,
             return_ids=[_ids.return_id(task_id, i) for i in range(num_returns)],
-            resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions,
+            resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions, strategy=strategy,
         )
 
 

@@ -57,6 +57,15 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
     mc = out.get("max_concurrency")
     if mc is not None and (not isinstance(mc, int) or mc < 1):
         raise ValueError(f"max_concurrency must be an int >= 1 for {what}, got {mc!r}")
+    strategy = out.get("scheduling_strategy")
+    if strategy is not None and strategy not in ("DEFAULT", "SPREAD"):
+        from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if not isinstance(strategy, NodeAffinitySchedulingStrategy):
+            raise ValueError(
+                f"scheduling_strategy must be 'DEFAULT', 'SPREAD' or a NodeAffinitySchedulingStrategy for {what}, "
+                f"got {strategy!r}"
+            )
     lt = out.get("lifetime")
     if lt not in (None, "detached", "non_detached"):
         raise ValueError(f"lifetime must be 'detached' or None for {what}, got {lt!r}")

@@ -77,6 +77,7 @@ class ObjectRef:
         core = self._require_core()
         if not core.is_ready(self):
             yield from core._ready_future(self).__await__()
+        yield from core.localize_refs([self]).__await__()
         return core.load(self)
 
     def future(self) -> concurrent.futures.Future[Any]:

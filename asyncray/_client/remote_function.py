@@ -17,6 +17,12 @@ R = TypeVar("R")
 DEFAULT_MAX_RETRIES = 3
 
 
+def strategy_of(opts: dict[str, Any]) -> Any:
+    """The scheduling strategy option, normalized (None for the default)."""
+    strategy = opts.get("scheduling_strategy")
+    return None if strategy in (None, "DEFAULT") else strategy
+
+
 def require_core(api: str) -> Any:
     """The running core, or a clear error telling the user to call init()."""
     core = context.get_core()
@@ -75,6 +81,7 @@ class RemoteFunction(Generic[P, R]):
             resources=resources_of(opts, 1.0),
             max_retries=DEFAULT_MAX_RETRIES if max_retries is None else (10**9 if max_retries == -1 else max_retries),
             retry_exceptions=opts.get("retry_exceptions") or False,
+            strategy=strategy_of(opts),
         )
         refs: list[ObjectRef] = core.submit(spec)
         if num_returns == 1:

@@ -65,10 +65,11 @@ class TaskSpec:
     actor: Any = None
     method: str | None = None
     seq: int = 0
+    strategy: Any = None  # None, "SPREAD" or a NodeAffinitySchedulingStrategy
     sched_key: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.sched_key = tuple(sorted(self.resources.items()))
+        self.sched_key = (*sorted(self.resources.items()), self.strategy)
 
 
 def _encode_one(core: Core, value: Any, what: str, deps: list[ObjectRef]) -> list[Any]:

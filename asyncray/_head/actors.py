@@ -156,6 +156,15 @@ class ActorManager:
         if rec is not None and rec.worker_id == worker_id:
             rec.exit_code = exit_code
 
+    def node_died(self, node_id: bytes) -> None:
+        """Actors on a dead node are lost: restart them elsewhere or mark them dead."""
+        for rec in list(self.actors.values()):
+            if rec.node_id == node_id and rec.state is ActorState.ALIVE and rec.conn is not None:
+                conn, rec.conn = rec.conn, None
+                conn.abort()
+                rec.exit_code = None
+                self.head.spawn(self._after_loss(rec), "actor-node-lost")
+
     def owner_gone(self, conn: Connection) -> None:
         """The creator disconnected: its non-detached actors die with it (SPEC 2)."""
         for rec in list(self.actors.values()):

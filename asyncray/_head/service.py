@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 from asyncray._head.actors import ActorManager
-from asyncray._node.scheduler import EPS
+from asyncray._node.scheduler import fits as fits_resources
 from asyncray._service import Service
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, connect, serve
@@ -15,16 +16,24 @@ from asyncray._wire.connection import Connection, connect, serve
 log = logging.getLogger(__name__)
 
 
+# How often the head checks heartbeats and sends every node the cluster view.
+VIEW_INTERVAL_S = 0.5
+DEFAULT_NODE_TIMEOUT_S = 5.0
+
+
 class HeadService(Service):
     """Cluster membership, resource view and the actor/name directory."""
 
     name = "head"
 
-    def __init__(self, address: str, *, token: str = "") -> None:
+    def __init__(self, address: str, *, token: str = "", node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S) -> None:
         super().__init__()
         self.address = address
         self.token = token
+        self.node_timeout_s = node_timeout_s
         self.nodes: dict[bytes, dict[str, Any]] = {}
+        self.objects: dict[bytes, dict[bytes, int]] = {}  # object id -> {node id: size}
+        self._node_conns: dict[bytes, Connection] = {}
         self.actors = ActorManager(self)
         self._node_clients: dict[bytes, Connection] = {}
         self._conns: set[Connection] = set()
@@ -35,18 +44,54 @@ class HeadService(Service):
             on_open=self._conns.add, on_close=self._on_close,
         )
         self._servers.append(server)
+        self.spawn(self._watch_nodes(), "watch-nodes")
+
+    async def _watch_nodes(self) -> None:
+        """Declare silent nodes dead and keep every node's picture of the cluster fresh."""
+        while True:
+            await asyncio.sleep(VIEW_INTERVAL_S)
+            now = time.time()
+            for node in self.nodes.values():
+                if node["alive"] and now - node["last_seen"] > self.node_timeout_s:
+                    self._node_died(node["node_id"], f"no heartbeat for {self.node_timeout_s:g} s")
+            self._send_view()
+
+    def _send_view(self) -> None:
+        view = m.ClusterView(nodes=self.view())
+        for conn in self._node_conns.values():
+            if conn.is_open:
+                conn.send(view)
+
+    def view(self) -> list[dict[str, Any]]:
+        """Every node with its totals, free resources and liveness."""
+        return [
+            {k: n[k] for k in ("node_id", "address", "resources", "available", "alive")} for n in self.nodes.values()
+        ]
+
+    def _node_died(self, node_id: bytes, why: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or not node["alive"]:
+            return
+        log.warning("node %s is dead: %s", node_id.hex()[:8], why)
+        node["alive"] = False
+        node["death_cause"] = why
+        conn = self._node_conns.pop(node_id, None)
+        if conn is not None:
+            conn.abort()
+        for holders in self.objects.values():
+            holders.pop(node_id, None)
+        self.actors.node_died(node_id)
+        self._send_view()
 
     async def _stop(self) -> None:
         for conn in list(self._node_clients.values()) + list(self._conns):
             conn.close()
 
+
     # ------------------------------------------------------------ nodes
     def pick_node(self, resources: dict[str, float]) -> dict[str, Any] | None:
         """A live node whose totals fit the request, preferring the most free resources."""
-        fits = [
-            n for n in self.nodes.values()
-            if n["alive"] and all(n["resources"].get(k, 0.0) + EPS >= v for k, v in resources.items() if v > 0)
-        ]
+        fits = [n for n in self.nodes.values() if n["alive"] and fits_resources(resources, n["resources"])]
         if not fits:
             return None
         return max(fits, key=lambda n: n["available"].get("CPU", 0.0))
@@ -79,7 +124,15 @@ class HeadService(Service):
                 "last_seen": time.time(),
             }
             conn.state["node_id"] = msg.node_id
+            self._node_conns[msg.node_id] = conn
             conn.reply(msg.rid, {"ok": True})
+            self._send_view()
+        elif isinstance(msg, m.ObjectLocation):
+            holders = self.objects.setdefault(msg.object_id, {})
+            if msg.added:
+                holders[msg.node_id] = msg.size
+            else:
+                holders.pop(msg.node_id, None)
         elif isinstance(msg, m.GetClusterState):
             conn.reply(msg.rid, {"nodes": list(self.nodes.values())})
         elif isinstance(msg, m.CreateActorRequest):
@@ -102,7 +155,7 @@ class HeadService(Service):
         if self._stopped:
             return
         node_id = conn.state.get("node_id")
-        if node_id is not None and node_id in self.nodes:
-            self.nodes[node_id]["alive"] = False
+        if node_id is not None and self._node_conns.get(node_id) is conn:
+            self._node_died(node_id, "its connection to the head closed")
         self.actors.owner_gone(conn)
 

@@ -101,8 +101,12 @@ class Reclaim:
 Action = Grant | Reject | StartWorker | KillWorker | Reclaim
 
 
-def _fits(need: dict[str, float], have: dict[str, float]) -> bool:
+def fits(need: dict[str, float], have: dict[str, float]) -> bool:
+    """True when ``have`` covers every positive amount in ``need``."""
     return all(have.get(k, 0.0) + EPS >= v for k, v in need.items() if v > 0)
+
+
+_fits = fits
 
 
 @dataclass

@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 RESOURCE_REPORT_DELAY_S = 0.05
 REAP_INTERVAL_S = 5.0
+# A node reports to the head this often; the report doubles as its heartbeat.
+HEARTBEAT_INTERVAL_S = 0.5
+# Objects cross between nodes in pieces of this size (never as one frame).
+CHUNK_BYTES = 4 * 1024 * 1024
+MAX_REDIRECTS = 3
 
 
 @dataclass
@@ -38,6 +43,7 @@ class NodeConfig:
     token: str = ""
     worker_cwd: str = field(default_factory=os.getcwd)
     worker_path: list[str] = field(default_factory=list)
+    listen_host: str = ""  # empty: workers listen on Unix sockets (one machine)
 
 
 def _open_log(path: str) -> Any:
@@ -65,6 +71,10 @@ class NodeService(Service):
         self._head: Connection | None = None
         self._report_scheduled = False
         self.log_dir = os.path.join(config.session_dir, "logs")
+        self.view: list[dict[str, Any]] = []  # the head's latest picture of all nodes
+        self._peer_nodes: dict[bytes, Connection] = {}
+        self._pulls: dict[bytes, asyncio.Future[None]] = {}
+        self._incoming: dict[bytes, tuple[int, str]] = {}  # object id -> (fd, tmp path) being received
 
     # ------------------------------------------------------------ lifecycle
     async def _start(self) -> None:
@@ -85,6 +95,7 @@ class NodeService(Service):
         )
         self._apply(self.scheduler.prestart())
         self.spawn(self._reap_loop(), "reap-idle-workers")
+        self.spawn(self._heartbeat_loop(), "heartbeat")
 
     async def _stop(self) -> None:
         for conn in list(self._worker_conns.values()) + list(self._clients):
@@ -106,6 +117,11 @@ class NodeService(Service):
                 proc.kill()
                 await proc.wait()
         self.store.destroy()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            self._report_now()
 
     async def _reap_loop(self) -> None:
         while True:
@@ -143,13 +159,13 @@ class NodeService(Service):
             return
         self._report_scheduled = True
 
-        def report() -> None:
-            self._report_scheduled = False
-            if self._head is not None and self._head.is_open:
-                avail = {k: max(0.0, v) for k, v in self.scheduler.available.items()}
-                self._head.send(m.NodeResources(node_id=self.node_id, available=avail))
+        asyncio.get_running_loop().call_later(RESOURCE_REPORT_DELAY_S, self._report_now)
 
-        asyncio.get_running_loop().call_later(RESOURCE_REPORT_DELAY_S, report)
+    def _report_now(self) -> None:
+        self._report_scheduled = False
+        if self._head is not None and self._head.is_open:
+            avail = {k: max(0.0, v) for k, v in self.scheduler.available.items()}
+            self._head.send(m.NodeResources(node_id=self.node_id, available=avail))
 
     async def _start_worker(self, worker_id: bytes) -> None:
         env = dict(os.environ)
@@ -162,6 +178,7 @@ class NodeService(Service):
             ASYNCRAY_STORE_DIR=self.config.store_dir,
             ASYNCRAY_TOKEN=self.config.token,
             ASYNCRAY_NODE_PID=str(os.getpid()),
+            ASYNCRAY_LISTEN_HOST=self.config.listen_host,
         )
         if self.config.worker_path:
             env["PYTHONPATH"] = os.pathsep.join(self.config.worker_path)
@@ -201,7 +218,21 @@ class NodeService(Service):
         now = time.monotonic()
         if isinstance(msg, m.RequestLease):
             self._clients.add(conn)
+            target = self._spill_target(msg)
+            if target is not None:
+                conn.reply(msg.rid, {"redirect": target})
+                return
             self._apply(self.scheduler.request(sch.LeaseRequest(conn, msg.rid, msg.resources, msg.dedicated, msg.label)))
+        elif isinstance(msg, m.ObjectChunk):
+            self._receive_chunk(msg)
+        elif isinstance(msg, m.FetchObject):
+            self.spawn(self._fetch(conn, msg), "fetch-object")
+        elif isinstance(msg, m.PullObject):
+            self.spawn(self._send_object(conn, msg), "send-object")
+        elif isinstance(msg, m.ObjectLocation):
+            if self._head is not None and self._head.is_open:
+                msg.node_id = self.node_id
+                self._head.send(msg)
         elif isinstance(msg, m.ReturnLease):
             self._apply(self.scheduler.lease_returned(msg.lease_id, now, msg.kill))
         elif isinstance(msg, m.LogLines):
@@ -228,7 +259,106 @@ class NodeService(Service):
             log.warning("node: unexpected %s", type(msg).__name__)
 
     def _on_head_message(self, conn: Connection, msg: m.Message) -> None:
-        log.debug("node: head sent %s", type(msg).__name__)
+        if isinstance(msg, m.ClusterView):
+            self.view = msg.nodes
+        else:
+            log.debug("node: head sent %s", type(msg).__name__)
+
+    # ------------------------------------------------------------ spilling work to other nodes
+    def _spill_target(self, msg: m.RequestLease) -> str | None:
+        """Another node's address when this one can never, or not now, run the request.
+
+        A request that fits this node's totals but not its free resources moves only when
+        some other live node has those resources free right now (SPEC: work spills when
+        the local node is full); otherwise it queues here.
+        """
+        need = {k: v for k, v in msg.resources.items() if v > 0}
+        if msg.label.startswith("affinity:") or not self.view:
+            return None
+        fits_here_ever = sch.fits(need, self.scheduler.total)
+        if fits_here_ever and sch.fits(need, self.scheduler.available):
+            return None
+        others = [n for n in self.view if n["alive"] and n["node_id"] != self.node_id]
+        free = [n for n in others if sch.fits(need, n["available"])]
+        if free:
+            return str(max(free, key=lambda n: n["available"].get("CPU", 0.0))["address"])
+        if not fits_here_ever:
+            able = [n for n in others if sch.fits(need, n["resources"])]
+            if able:
+                return str(able[0]["address"])
+        return None
+
+    # ------------------------------------------------------------ moving objects between nodes
+    async def _fetch(self, conn: Connection, msg: m.FetchObject) -> None:
+        """Make a remote object local (once, however many ask), then answer the asker."""
+        oid = msg.object_id
+        if self.store.contains(oid):
+            conn.reply(msg.rid, True)
+            return
+        pull = self._pulls.get(oid)
+        if pull is None:
+            pull = self._pulls[oid] = asyncio.ensure_future(self._pull(oid, msg.node_id))
+            pull.add_done_callback(lambda _f: self._pulls.pop(oid, None))
+        try:
+            await asyncio.shield(pull)
+        except Exception as exc:
+            conn.reply(msg.rid, error=f"object {oid.hex()} could not be fetched from node {msg.node_id.hex()[:8]}: {exc}")
+            return
+        conn.reply(msg.rid, True)
+
+    async def _pull(self, oid: bytes, node_id: bytes) -> None:
+        node = next((n for n in self.view if n["node_id"] == node_id), None)
+        if node is None or not node["alive"]:
+            raise ConnectionError("that node is dead or unknown")
+        peer = self._peer_nodes.get(node_id)
+        if peer is None or not peer.is_open:
+            peer = await connect(
+                node["address"], self._on_message, role="node", token=self.config.token,
+                peer_id=self.node_id, name="node->node",
+            )
+            self._peer_nodes[node_id] = peer
+        final = self.store.path(oid)
+        tmp = f"{final}.pull.tmp"
+        self._incoming[oid] = (os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), tmp)
+        try:
+            await peer.request(m.PullObject(rid=0, object_id=oid))
+            fd, _ = self._incoming.pop(oid)
+            os.close(fd)
+            os.rename(tmp, final)
+        except BaseException:
+            item = self._incoming.pop(oid, None)
+            if item is not None:
+                os.close(item[0])
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        if self._head is not None and self._head.is_open:
+            self._head.send(m.ObjectLocation(object_id=oid, node_id=self.node_id, size=os.path.getsize(final)))
+
+    def _receive_chunk(self, msg: m.ObjectChunk) -> None:
+        item = self._incoming.get(msg.object_id)
+        if item is not None:
+            os.pwrite(item[0], msg.data, msg.offset)
+
+    async def _send_object(self, conn: Connection, msg: m.PullObject) -> None:
+        try:
+            fd = os.open(self.store.path(msg.object_id), os.O_RDONLY)
+        except FileNotFoundError:
+            conn.reply(msg.rid, error="this node no longer holds it")
+            return
+        try:
+            size = os.fstat(fd).st_size
+            offset = 0
+            while offset < size:
+                data = os.pread(fd, CHUNK_BYTES, offset)
+                conn.send(m.ObjectChunk(object_id=msg.object_id, offset=offset, data=data))
+                offset += len(data)
+                await conn.drain()
+        finally:
+            os.close(fd)
+        conn.reply(msg.rid, size)
 
     def _on_close(self, conn: Connection) -> None:
         self._log_subscribers.discard(conn)

@@ -7,7 +7,7 @@ cloudpickle only for what plain pickle refuses or what references ``__main__`` (
 A *descriptor* says where a value is, as a msgpack-native list:
 
 * ``[INLINE, pickle_bytes, [buffer_bytes, ...]]`` -- small values ride in the frame;
-* ``[STORED, object_id, size]`` -- in the node's shared-memory store;
+* ``[STORED, object_id, size, node_id]`` -- in that node's shared-memory store;
 * ``[ERROR, pickled_exception]`` -- the task failed; ``get`` raises this.
 """
 
@@ -76,7 +76,15 @@ def make_descriptor(
     if size <= INLINE_MAX_BYTES or store is None:
         return [INLINE, data, [b.raw().tobytes() for b in bufs]]
     store.write(object_id, data, bufs)
-    return [STORED, object_id, size]
+    return [STORED, object_id, size, store.node_id]
+
+
+def is_remote(desc: list[Any], store: ObjectStore | None) -> bool:
+    """True for a stored object held by another node and not copied here yet."""
+    return (
+        desc[0] == STORED and store is not None and len(desc) > 3
+        and desc[3] != store.node_id and not store.contains(desc[1])
+    )
 
 
 def descriptor_size(desc: list[Any]) -> int:

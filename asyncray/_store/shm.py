@@ -30,8 +30,10 @@ def _align(n: int) -> int:
 class ObjectStore:
     """Files under ``directory``; every process on the node opens the same directory."""
 
-    def __init__(self, directory: str, *, create: bool = False) -> None:
+    def __init__(self, directory: str, *, create: bool = False, node_id: bytes = b"") -> None:
         self.directory = directory
+        self.node_id = node_id
+        self.on_write: Any = None  # called with (object_id, size) after each write
         if create:  # only the node creates (and later removes) the directory
             os.makedirs(directory, exist_ok=True)
 
@@ -72,6 +74,8 @@ class ObjectStore:
             raise
         os.close(fd)
         os.rename(tmp, final)
+        if self.on_write is not None:
+            self.on_write(object_id, pos)
         return pos
 
     def read(self, object_id: bytes) -> tuple[memoryview, list[memoryview]]:

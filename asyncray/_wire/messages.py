@@ -349,3 +349,52 @@ class CreateActor(Message):
     kwargs: dict[str, Any]
     max_concurrency: int
     owner: str
+
+
+# ---------------------------------------------------------------- cluster view and object transfer
+@message("cluster_view")
+@dataclass(slots=True)
+class ClusterView(Message):
+    """The head's periodic picture of the cluster, sent to every node (and on request)."""
+
+    nodes: list[dict[str, Any]]
+
+
+@message("fetch_object")
+@dataclass(slots=True)
+class FetchObject(Message):
+    """A core asks its node to make a remote object local; the Reply comes when it is."""
+
+    rid: int
+    object_id: bytes
+    node_id: bytes
+
+
+@message("pull_object")
+@dataclass(slots=True)
+class PullObject(Message):
+    """Node to node: stream me this object (ObjectChunk frames, then a Reply with its size)."""
+
+    rid: int
+    object_id: bytes
+
+
+@message("object_chunk")
+@dataclass(slots=True)
+class ObjectChunk(Message):
+    """One piece of an object in transfer; chunks arrive in order on one connection."""
+
+    object_id: bytes
+    offset: int
+    data: bytes
+
+
+@message("object_location")
+@dataclass(slots=True)
+class ObjectLocation(Message):
+    """A node gained (``added``) or dropped a copy of a stored object (head's directory)."""
+
+    object_id: bytes
+    node_id: bytes
+    size: int = 0
+    added: bool = True

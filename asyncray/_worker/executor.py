@@ -19,7 +19,7 @@ from asyncray._client import context
 from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
-from asyncray.exceptions import TaskCancelledError, TaskError
+from asyncray.exceptions import SystemFailure, TaskCancelledError, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,9 @@ class TaskExecutor:
         return fn
 
     def _start_task(self, conn: Connection, msg: m.PushTask) -> None:
+        if needs_localizing(self.core, msg):
+            self.core.spawn(self._localize_then_start(conn, msg))
+            return
         try:
             fn = self.function(msg)
         except Exception as exc:
@@ -89,6 +92,10 @@ class TaskExecutor:
             task.add_done_callback(lambda _t: self._running.pop(msg.task_id, None))
         else:
             self._sync_queue.put((conn, msg, fn))
+
+    async def _localize_then_start(self, conn: Connection, msg: m.PushTask) -> None:
+        await self.core.localize([*msg.args, *msg.kwargs.values()])
+        self._start_task(conn, msg)
 
     def cancel(self, task_id: bytes, force: bool) -> None:
         """Interrupt a running task; ``force`` ends this worker process."""
@@ -198,6 +205,12 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
+def needs_localizing(core: Any, msg: Any) -> bool:
+    """True when an argument is stored on another node and must be copied here first."""
+    store = core.store
+    return any(ser.is_remote(d, store) for d in msg.args) or any(ser.is_remote(d, store) for d in msg.kwargs.values())
+
+
 def decode_args(core: Any, msg: m.PushTask) -> tuple[list[Any], dict[str, Any]]:
     """Rebuild call arguments from their descriptors."""
     store = core.store
@@ -230,7 +243,10 @@ def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Out
     token = context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
     start = time.perf_counter()
     try:
-        args, kwargs = decode_args(core, msg)
+        try:
+            args, kwargs = decode_args(core, msg)
+        except SystemFailure as exc:  # an argument is lost: say so, do not blame user code
+            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0
         value = fn(*args, **kwargs)
         return encode_results(core, msg, value), False, time.perf_counter() - start
     except BaseException as exc:
@@ -244,7 +260,10 @@ async def run_async(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None)
     context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
     start = time.perf_counter()
     try:
-        args, kwargs = decode_args(core, msg)
+        try:
+            args, kwargs = decode_args(core, msg)
+        except SystemFailure as exc:
+            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0
         value = await fn(*args, **kwargs)
         return encode_results(core, msg, value), False, time.perf_counter() - start
     except BaseException as exc:
