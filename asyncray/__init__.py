@@ -73,7 +73,9 @@ def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInfo:
     """Start an embedded local cluster (or, later, connect to one) and return where it is.
 
     Args:
-        address: None for an embedded cluster owned by this process.
+        address: None (and no ``ASYNCRAY_ADDRESS``) for an embedded cluster owned by this
+            process; ``"auto"`` for the cluster started on this machine with
+            ``asyncray start --head``; ``"host:port"`` for that head.
         **kwargs: ``num_cpus``, ``num_gpus``, ``resources``, ``object_store_memory``,
             ``namespace``, ``include_dashboard``, ``dashboard_host``, ``dashboard_port``,
             ``ignore_reinit_error``, ``log_to_driver`` (SPEC section 2).
@@ -88,9 +90,7 @@ def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInfo:
             assert rt.info is not None
             return rt.info
         raise RuntimeError("asyncray.init() was already called; call asyncray.shutdown() first, or pass ignore_reinit_error=True")
-    if address is not None:
-        raise NotImplementedError(f"connecting to an existing cluster ({address!r}) is not supported yet")
-    rt = _runtime.start_blocking(**_api.embedded_kwargs(opts))
+    rt = _runtime.start_blocking(address, opts)
     assert rt.info is not None
     return rt.info
 

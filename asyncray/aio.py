@@ -41,11 +41,9 @@ async def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInf
             assert rt.info is not None
             return rt.info
         raise RuntimeError("asyncray is already initialized; call shutdown() first, or pass ignore_reinit_error=True")
-    if address is not None:
-        raise NotImplementedError(f"connecting to an existing cluster ({address!r}) is not supported yet")
     rt = _runtime.Runtime()
     try:
-        await rt.start_embedded(**_api.embedded_kwargs(opts))
+        await _runtime.start(rt, address, opts)
     except BaseException:
         await rt.stop()
         raise

@@ -13,7 +13,7 @@ from asyncray._wire import messages as m
 INIT_DEFAULTS: dict[str, Any] = {
     "num_cpus": None, "num_gpus": None, "resources": None, "object_store_memory": None,
     "namespace": None, "include_dashboard": None, "dashboard_host": "127.0.0.1",
-    "dashboard_port": 8265, "ignore_reinit_error": False, "log_to_driver": True,
+    "dashboard_port": 8265, "ignore_reinit_error": False, "log_to_driver": True, "token": None,
 }
 
 
@@ -35,11 +35,6 @@ def normalize_init(address: str | None, kwargs: dict[str, Any]) -> tuple[str | N
     merged = dict(INIT_DEFAULTS)
     merged.update(opts)
     return address, merged
-
-
-def embedded_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
-    """The subset of init options the embedded cluster takes."""
-    return {k: opts[k] for k in ("num_cpus", "num_gpus", "resources", "object_store_memory", "namespace", "log_to_driver")}
 
 
 def check_refs(refs: Any, api: str) -> tuple[list[ObjectRef], bool]:

@@ -47,6 +47,10 @@ IDLE_LEASE_S = 0.005
 RECLAIM_WINDOW_S = 1.0
 # At most this many lease requests in flight per resource shape.
 MAX_LEASE_REQUESTS = 16
+# Task reports to the head (dashboard, state API): how often, and how much at most.
+REPORT_INTERVAL_S = 1.0
+MAX_EVENTS_PER_REPORT = 20_000
+MAX_LIVE_IN_REPORT = 1000
 # A node that is full may point a lease request to another node, at most this many times.
 MAX_REDIRECTS = 3
 # Tasks of a function known to run shorter than this are pipelined: up to PIPELINE_DEPTH sit
@@ -70,10 +74,13 @@ class _Entry:
 
 
 class _Lease:
-    __slots__ = ("address", "conn", "idle_since", "inflight", "lease_id", "node_conn", "pid", "queue", "worker_id")
+    __slots__ = (
+        "address", "conn", "idle_since", "inflight", "lease_id", "node_conn", "node_id", "pid", "queue", "worker_id",
+    )
 
     def __init__(self, grant: dict[str, Any], conn: Connection, queue: _SchedQueue, node_conn: Connection) -> None:
         self.node_conn = node_conn  # the node that granted it (maybe not ours: spillback)
+        self.node_id: bytes = grant.get("node_id", b"")
         self.lease_id: int = grant["lease_id"]
         self.worker_id: bytes = grant["worker_id"]
         self.pid: int = grant["pid"]
@@ -160,7 +167,11 @@ class Core:
         worker_id: bytes | None = None,
         job_id: bytes | None = None,
         log_to_driver: bool = True,
+        listen_host: str = "",
+        namespace: str = "default",
     ) -> None:
+        self.listen_host = listen_host
+        self.namespace = namespace
         self.role = role
         self.node_address = node_address
         self.head_address = head_address
@@ -195,6 +206,8 @@ class Core:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._reclaim_until = 0.0
         self._spread_next = 0
+        self._live: dict[bytes, TaskSpec] = {}
+        self._finished_events: list[list[Any]] = []
         self._view: list[dict[str, Any]] = []
         self._view_at = 0.0
         self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
@@ -204,10 +217,14 @@ class Core:
     # ================================================================ lifecycle
     async def start(self) -> None:
         """Listen for peers and connect to the node and head."""
-        path = os.path.join(self.session_dir, "sockets", f"{self.role}-{_ids.short(self.worker_id)}.sock")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if self.listen_host:  # a cluster: peers on other machines must reach us over TCP
+            listen = f"{self.listen_host}:0"
+        else:
+            path = os.path.join(self.session_dir, "sockets", f"{self.role}-{_ids.short(self.worker_id)}.sock")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            listen = f"unix:{path}"
         self._server, self.address = await serve(
-            f"unix:{path}", self._on_message, token=self.token, name=f"{self.role}-core", on_close=self._on_peer_close
+            listen, self._on_message, token=self.token, name=f"{self.role}-core", on_close=self._on_peer_close
         )
         self.node = await connect(
             self.node_address, self._on_message, role=self.role, token=self.token,
@@ -219,6 +236,36 @@ class Core:
         )
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
+        self.spawn(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        """Tell the head about this process's tasks and objects, about once a second."""
+        quiet = True
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            if self.head is None or not self.head.is_open:
+                continue
+            if quiet and not self._live and not self._finished_events:
+                continue  # nothing new since an empty report
+            quiet = not self._live and not self._finished_events
+            self.head.send(self._task_report())
+
+    def _task_report(self) -> m.TaskEvents:
+        counts: dict[str, dict[str, int]] = {}
+        live = []
+        for spec in list(self._live.values()):
+            state = spec.state.name
+            by_state = counts.setdefault(spec.fn.name, {})
+            by_state[state] = by_state.get(state, 0) + 1
+            if len(live) < MAX_LIVE_IN_REPORT:
+                live.append([spec.task_id, spec.fn.name, state, spec.worker_pid, spec.node_id,
+                             spec.submitted_at, spec.started_at])
+        finished, self._finished_events = self._finished_events, []
+        n_objects = len(self._objects)
+        return m.TaskEvents(
+            owner=self.worker_id, pid=os.getpid(), role=self.role, counts=counts, live=live, finished=finished,
+            objects=[n_objects, 0],
+        )
 
     async def stop(self) -> None:
         """Close every connection; fail whatever still waits."""
@@ -535,6 +582,8 @@ class Core:
     # ================================================================ submitting tasks
     def submit(self, spec: TaskSpec) -> list[ObjectRef]:
         """Queue a task (any thread); returns its refs at once."""
+        spec.submitted_at = time.time()
+        self._live[spec.task_id] = spec
         refs = []
         for rid in spec.return_ids:
             self._objects[rid] = _Entry(owned=True)
@@ -686,13 +735,16 @@ class Core:
     def _fill(self, lease: _Lease) -> None:
         """Give a lease its next task, and more behind it while they are known to be short."""
         tasks = lease.queue.tasks
+        depth = 1 if lease.queue.strategy is not None else PIPELINE_DEPTH  # SPREAD means one each
         while tasks:
-            if lease.inflight and not (lease.inflight < PIPELINE_DEPTH and 0 <= tasks[0].fn.avg_s < SHORT_TASK_S):
+            if lease.inflight and not (lease.inflight < depth and 0 <= tasks[0].fn.avg_s < SHORT_TASK_S):
                 return
             self._push(lease, tasks.popleft())
 
     def _push(self, lease: _Lease, spec: TaskSpec) -> None:
         lease.inflight += 1
+        spec.started_at = time.time()
+        spec.node_id = lease.node_id
         spec.state = TaskState.RUNNING
         spec.worker_pid = lease.pid
         self._running[spec.task_id] = (spec, lease)
@@ -753,6 +805,7 @@ class Core:
             return
         spec, lease = item
         lease.inflight -= 1
+        spec.duration = msg.duration
         fn = spec.fn
         fn.avg_s = msg.duration if fn.avg_s < 0 else 0.8 * fn.avg_s + 0.2 * msg.duration
         retry = msg.failed and spec.retry_exceptions and spec.attempt < spec.max_retries and not spec.cancelled
@@ -783,6 +836,14 @@ class Core:
         """Record a task's outcome in its return entries and wake waiters."""
         spec.state = TaskState.FINISHED
         spec.deps = []
+        if self._live.pop(spec.task_id, None) is not None and len(self._finished_events) < MAX_EVENTS_PER_REPORT:
+            failed = bool(results) and results[0][0] == ser.ERROR
+            end = time.time()
+            start = end - spec.duration if spec.duration else (spec.started_at or end)
+            self._finished_events.append([
+                spec.task_id, spec.fn.name, "FAILED" if failed else "FINISHED", spec.worker_pid, spec.node_id,
+                spec.submitted_at, start, end, _error_summary(results[0]) if failed else "",
+            ])
         for rid, desc in zip(spec.return_ids, results, strict=False):
             self._by_return.pop(rid, None)
             entry = self._objects.get(rid)
@@ -953,6 +1014,18 @@ class Core:
             return_ids=[_ids.return_id(task_id, i) for i in range(num_returns)],
             resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions, strategy=strategy,
         )
+
+
+def _error_summary(desc: list[Any]) -> str:
+    """One line saying what an error descriptor holds (for task lists)."""
+    try:
+        ser.load_descriptor(desc, None)
+    except BaseException as exc:
+        cause = getattr(exc, "cause", None) or exc
+        text = f"{type(cause).__name__}: {cause}"
+        tb = getattr(exc, "traceback_text", "")
+        return f"{text}\n{tb}" if tb else text
+    return ""
 
 
 def install(core: Core | None) -> None:

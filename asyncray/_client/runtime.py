@@ -56,6 +56,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def new_session_dir(name: str) -> str:
+    """A fresh directory for sockets and logs (also holds worker logs of an embedded node)."""
+    path = os.path.join(tempfile.gettempdir(), "asyncray-sessions", name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def store_dir_for(session_name: str) -> str:
+    """The shared-memory directory of a node started for ``session_name``."""
+    return os.path.join(_default_store_root(), f"asyncray-{session_name}")
+
+
+def node_resources(
+    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None, object_store_memory: int | None
+) -> dict[str, float]:
+    """What a node offers: CPUs (default: all), GPUs, memory, object store, custom resources."""
+    memory = _total_memory()
+    total: dict[str, float] = {
+        "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
+        "memory": float(int(memory * 0.7)),
+        "object_store_memory": float(object_store_memory or int(memory * 0.3)),
+        "node:127.0.0.1": 1.0,
+    }
+    if num_gpus:
+        total["GPU"] = float(num_gpus)
+    total.update({k: float(v) for k, v in (resources or {}).items()})
+    return total
+
+
 def _total_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -103,21 +132,9 @@ class Runtime:
     ) -> RuntimeInfo:
         """Start head, node and core on the running loop."""
         _sweep_stale_sessions()
-        cpus = float(num_cpus if num_cpus is not None else (os.cpu_count() or 1))
-        session = f"s{os.getpid()}-{secrets.token_hex(3)}"
-        self.session_dir = os.path.join(tempfile.gettempdir(), "asyncray-sessions", session)
-        os.makedirs(self.session_dir, exist_ok=True)
-        store_dir = os.path.join(_default_store_root(), f"asyncray-{session}")
-        memory = _total_memory()
-        total: dict[str, float] = {
-            "CPU": cpus,
-            "memory": float(int(memory * 0.7)),
-            "object_store_memory": float(object_store_memory or int(memory * 0.3)),
-            "node:127.0.0.1": 1.0,
-        }
-        if num_gpus:
-            total["GPU"] = float(num_gpus)
-        total.update({k: float(v) for k, v in (resources or {}).items()})
+        total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
+        self.session_dir = new_session_dir(f"s{os.getpid()}-{secrets.token_hex(3)}")
+        store_dir = store_dir_for(os.path.basename(self.session_dir))
         node_id = _ids.new_id()
         self.namespace = namespace or "default"
         self.head = HeadService(f"unix:{self.session_dir}/head.sock")
@@ -130,7 +147,7 @@ class Runtime:
                 resources=total,
                 session_dir=self.session_dir,
                 store_dir=store_dir,
-                num_workers=max(1, int(cpus)),
+                num_workers=max(1, int(total["CPU"])),
                 worker_path=_worker_path(),
             )
         )
@@ -138,10 +155,49 @@ class Runtime:
         self.core = Core(
             role="driver", node_address=self.node.address, head_address=self.head.address,
             session_dir=self.session_dir, store_dir=store_dir, node_id=node_id, log_to_driver=log_to_driver,
+            namespace=self.namespace,
         )
         await self.core.start()
         install(self.core)
         self.info = RuntimeInfo(address=self.head.address, node_id=node_id.hex(), session_dir=self.session_dir)
+        return self.info
+
+    async def connect(self, address: str, *, token: str | None, namespace: str | None, log_to_driver: bool) -> RuntimeInfo:
+        """Join a running cluster as a driver; its node on this machine runs our tasks (SPEC 2)."""
+        from asyncray import _session
+        from asyncray._wire import messages as m
+        from asyncray._wire.connection import connect as wire_connect
+
+        head_address = _session.resolve_address(address)
+        token = _session.resolve_token(token)
+        probe = await wire_connect(head_address, None, role="driver", token=token, name="driver->head")
+        try:
+            state = await asyncio.wait_for(probe.request(m.GetClusterState(rid=0)), 10)
+        except (TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise ConnectionError(
+                f"the head at {head_address} did not answer; is the cluster running and the token right? ({exc})"
+            ) from None
+        finally:
+            probe.close()
+        host = os.uname().nodename
+        local = [n for n in state["nodes"] if n["alive"] and n["info"].get("hostname") == host]
+        if not local:
+            raise ConnectionError(
+                f"no live node of the cluster at {head_address} runs on this machine ({host}); "
+                "start one with 'asyncray start --address ...'"
+            )
+        node = local[0]
+        self.namespace = namespace or "default"
+        self.session_dir = new_session_dir(f"s{os.getpid()}-{secrets.token_hex(3)}")
+        listen_host = head_address.rpartition(":")[0] if not head_address.startswith("unix:") else ""
+        self.core = Core(
+            role="driver", node_address=node["address"], head_address=head_address,
+            session_dir=self.session_dir, store_dir=node["info"]["store_dir"], node_id=node["node_id"],
+            token=token, log_to_driver=log_to_driver, listen_host=listen_host, namespace=self.namespace,
+        )
+        await self.core.start()
+        install(self.core)
+        self.info = RuntimeInfo(address=head_address, node_id=node["node_id"].hex(), session_dir=self.session_dir)
         return self.info
 
     async def stop(self) -> None:
@@ -186,13 +242,22 @@ def set_current(rt: Runtime | None) -> None:
     _current = rt
 
 
-def start_blocking(**kwargs: Any) -> Runtime:
+async def start(rt: Runtime, address: str | None, opts: dict[str, Any]) -> RuntimeInfo:
+    """Embedded cluster when there is no address, else join the cluster at ``address``."""
+    if address is None:
+        return await rt.start_embedded(
+            **{k: opts[k] for k in ("num_cpus", "num_gpus", "resources", "object_store_memory", "namespace", "log_to_driver")}
+        )
+    return await rt.connect(address, token=opts["token"], namespace=opts["namespace"], log_to_driver=opts["log_to_driver"])
+
+
+def start_blocking(address: str | None, opts: dict[str, Any]) -> Runtime:
     """Start a runtime on a fresh portal thread (the sync facade's ``init``)."""
     rt = Runtime()
     rt.portal = Portal()
     t0 = time.perf_counter()
     try:
-        rt.portal.call(rt.start_embedded(**kwargs))
+        rt.portal.call(start(rt, address, opts))
     except BaseException:
         try:
             rt.portal.call(rt.stop(), timeout=10)

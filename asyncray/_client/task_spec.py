@@ -66,6 +66,10 @@ class TaskSpec:
     method: str | None = None
     seq: int = 0
     strategy: Any = None  # None, "SPREAD" or a NodeAffinitySchedulingStrategy
+    node_id: bytes = b""  # where it ran (set when pushed)
+    submitted_at: float = 0.0  # wall clock, for the dashboard and the timeline
+    started_at: float = 0.0
+    duration: float = 0.0
     sched_key: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:

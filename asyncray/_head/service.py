@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from asyncray._head.actors import ActorManager
+from asyncray._head.state import TaskTable
 from asyncray._node.scheduler import fits as fits_resources
 from asyncray._service import Service
 from asyncray._wire import messages as m
@@ -33,6 +34,7 @@ class HeadService(Service):
         self.node_timeout_s = node_timeout_s
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.objects: dict[bytes, dict[bytes, int]] = {}  # object id -> {node id: size}
+        self.tasks = TaskTable()
         self._node_conns: dict[bytes, Connection] = {}
         self.actors = ActorManager(self)
         self._node_clients: dict[bytes, Connection] = {}
@@ -145,6 +147,9 @@ class HeadService(Service):
             self.actors.lookup(conn, msg)
         elif isinstance(msg, m.ListActors):
             conn.reply(msg.rid, self.actors.list())
+        elif isinstance(msg, m.TaskEvents):
+            conn.state["owner"] = msg.owner
+            self.tasks.report(msg.owner, msg.pid, msg.role, msg.counts, msg.live, msg.finished, msg.objects)
         elif isinstance(msg, m.WorkerExited):
             self.actors.worker_exited(msg.worker_id, msg.exit_code)
         else:
@@ -154,6 +159,8 @@ class HeadService(Service):
         self._conns.discard(conn)
         if self._stopped:
             return
+        if "owner" in conn.state:
+            self.tasks.forget(conn.state["owner"])
         node_id = conn.state.get("node_id")
         if node_id is not None and self._node_conns.get(node_id) is conn:
             self._node_died(node_id, "its connection to the head closed")

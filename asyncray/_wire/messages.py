@@ -398,3 +398,34 @@ class ObjectLocation(Message):
     node_id: bytes
     size: int = 0
     added: bool = True
+
+
+# ---------------------------------------------------------------- observability
+@message("task_events")
+@dataclass(slots=True)
+class TaskEvents(Message):
+    """An owner's report to the head, about once a second (dashboard, state API, metrics).
+
+    ``live``: [task_id, name, state, worker_pid, node_id, submitted_at, started_at] for
+    tasks not finished yet (capped); ``counts``: {name: {state: n}} over all of them;
+    ``finished``: [task_id, name, state, worker_pid, node_id, submitted_at, started_at,
+    ended_at, error] since the last report; ``objects``: [count, bytes] this owner holds.
+    """
+
+    owner: bytes
+    pid: int
+    role: str
+    counts: dict[str, dict[str, int]]
+    live: list[Any]
+    finished: list[Any]
+    objects: list[int]
+
+
+@message("get_state")
+@dataclass(slots=True)
+class GetState(Message):
+    """Ask the head for one kind of state: tasks, actors, objects, workers, nodes, summary."""
+
+    rid: int
+    kind: str
+    limit: int = 1000

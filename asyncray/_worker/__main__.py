@@ -61,6 +61,7 @@ async def _start(on_node_lost: Callable[[], None]) -> TaskExecutor:
         node_id=bytes.fromhex(env["ASYNCRAY_NODE_ID"]),
         token=env.get("ASYNCRAY_TOKEN", ""),
         worker_id=bytes.fromhex(env["ASYNCRAY_WORKER_ID"]),
+        listen_host=env.get("ASYNCRAY_LISTEN_HOST", ""),
     )
     core.on_node_lost = on_node_lost
     install(core)

@@ -1,0 +1,116 @@
+"""A background process that runs a head and/or a node until told to stop (``asyncray start``).
+
+    python -m asyncray._daemon --head --host 127.0.0.1 --port 6379 --ready-file F ...
+    python -m asyncray._daemon --address HOST:PORT --ready-file F ...
+
+When serving, it writes a JSON line to the ready file (addresses, node id, pid) so the CLI
+knows it is up. SIGTERM or SIGINT stops the services cleanly: workers end and the node's
+shared-memory store is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from asyncray import _ids
+from asyncray._client.runtime import new_session_dir, node_resources, store_dir_for
+from asyncray._head.service import DEFAULT_NODE_TIMEOUT_S, HeadService
+from asyncray._node.service import NodeConfig, NodeService
+
+log = logging.getLogger("asyncray.daemon")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (the CLI passes its own through)."""
+    p = argparse.ArgumentParser(prog="python -m asyncray._daemon")
+    p.add_argument("--head", action="store_true")
+    p.add_argument("--address", default=None, help="the head to join (host:port)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6379)
+    p.add_argument("--num-cpus", type=float, default=None)
+    p.add_argument("--num-gpus", type=float, default=None)
+    p.add_argument("--resources", default="{}")
+    p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--node-timeout", type=float, default=DEFAULT_NODE_TIMEOUT_S)
+    p.add_argument("--dashboard-port", type=int, default=8265)
+    p.add_argument("--include-dashboard", action="store_true")
+    p.add_argument("--session-name", required=True)
+    p.add_argument("--ready-file", required=True)
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Start the services, report readiness, wait for a stop signal, stop the services."""
+    token = os.environ.get("ASYNCRAY_TOKEN", "")
+    session_dir = new_session_dir(args.session_name)
+    services: list[object] = []
+    head: HeadService | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if args.head:
+            head = HeadService(f"{args.host}:{args.port}", token=token, node_timeout_s=args.node_timeout)
+            await head.start()
+            services.append(head)
+            head_address = head.address
+        else:
+            head_address = args.address
+        node = NodeService(
+            NodeConfig(
+                node_id=_ids.new_id(),
+                address=f"{args.host}:0",
+                head_address=head_address,
+                resources=node_resources(args.num_cpus, args.num_gpus, json.loads(args.resources), args.object_store_memory),
+                session_dir=session_dir,
+                store_dir=store_dir_for(args.session_name),
+                num_workers=max(1, int(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))),
+                token=token,
+                listen_host=args.host,
+            )
+        )
+        await node.start()
+        services.append(node)
+        dashboard_url = None
+        if head is not None and args.include_dashboard:
+            from asyncray.dashboard import start_dashboard
+
+            dashboard = await start_dashboard(head, args.host, args.dashboard_port, token=token)
+            services.append(dashboard)
+            dashboard_url = dashboard.url
+        ready = {
+            "pid": os.getpid(), "head_address": head_address, "node_id": node.node_id.hex(),
+            "node_address": node.address, "session_dir": session_dir, "store_dir": node.config.store_dir,
+            "dashboard_url": dashboard_url,
+        }
+        tmp = args.ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(ready, f)
+        os.replace(tmp, args.ready_file)
+        await stop.wait()
+    finally:
+        for service in reversed(services):
+            await service.stop()  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        import uvloop
+
+        uvloop.run(serve(args))
+    except ImportError:
+        asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The ``asyncray`` command: start and stop a cluster on this machine, and look at it.
+
+    asyncray start --head [--port 6379] [--num-cpus N] [--resources JSON] ...
+    asyncray start --address HOST:PORT [...]
+    asyncray status [--address A]
+    asyncray stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from asyncray import _session
+
+READY_TIMEOUT_S = 30.0
+
+
+def _print(*args: Any) -> None:
+    print(*args)  # noqa: T201 - this module talks to a terminal
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------- start
+def cmd_start(args: argparse.Namespace) -> int:
+    """Launch a head (with a node) or a node, in the background."""
+    if not args.head and not args.address:
+        _print("asyncray start: give --head to start a cluster, or --address HOST:PORT to join one")
+        return 2
+    try:
+        json.loads(args.resources)
+    except ValueError as exc:
+        _print(f"asyncray start: --resources must be JSON, e.g. '{{\"GPU_X\": 1}}' ({exc})")
+        return 2
+    info = _session.read_cluster()
+    if args.head:
+        if info and any(_pid_alive(p["pid"]) for p in info.get("processes", [])):
+            _print(f"asyncray start: a cluster started here is still running ({info['address']}); run 'asyncray stop' first")
+            return 1
+        token = args.token or os.environ.get("ASYNCRAY_TOKEN") or _session.new_token()
+        _session.write_token(token)
+        _session.write_cluster({"address": None, "processes": []})
+    else:
+        token = _session.resolve_token(args.token)
+    name = f"{'head' if args.head else 'node'}-{os.getpid()}-{secrets.token_hex(3)}"
+    ready_file = os.path.join(_session.SESSIONS_DIR, f"{name}.ready")
+    log_dir = os.path.join(_session.SESSIONS_DIR, name, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "asyncray._daemon", "--host", args.host, "--session-name", name,
+        "--ready-file", ready_file, "--resources", args.resources, "--node-timeout", str(args.node_timeout),
+    ]
+    if args.head:
+        cmd += ["--head", "--port", str(args.port), "--dashboard-port", str(args.dashboard_port)]
+        if args.include_dashboard:
+            cmd.append("--include-dashboard")
+    else:
+        cmd += ["--address", args.address]
+    for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus),
+                        ("--object-store-memory", args.object_store_memory)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    env = dict(os.environ, ASYNCRAY_TOKEN=token)
+    with open(os.path.join(log_dir, "daemon.log"), "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not os.path.exists(ready_file):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            with open(os.path.join(log_dir, "daemon.log"), errors="replace") as f:
+                tail = f.read()[-2000:]
+            _print(f"asyncray start: the {'head' if args.head else 'node'} did not start:\n{tail}")
+            return 1
+        time.sleep(0.05)
+    with open(ready_file) as f:
+        ready = json.load(f)
+    os.unlink(ready_file)
+    extra = {"session_dir": ready["session_dir"], "store_dir": ready["store_dir"]}
+    if args.head:
+        info = _session.read_cluster() or {}
+        info.update(address=ready["head_address"], dashboard_url=ready.get("dashboard_url"))
+        _session.write_cluster(info)
+    _session.add_process(proc.pid, "head" if args.head else "node", extra)
+    if args.head:
+        addr = ready["head_address"]
+        _print(f"Started an asyncray head at {addr} (node {ready['node_id'][:8]}, pid {proc.pid}).")
+        if ready.get("dashboard_url"):
+            _print(f"  Dashboard:           {ready['dashboard_url']}")
+        _print("  Connect from Python: asyncray.init(address='auto')   or   ASYNCRAY_ADDRESS=" + addr)
+        _print(f"  Add a node:          asyncray start --address {addr}")
+        _print(f"  Cluster token:       {_session.TOKEN_FILE} (0600; or pass --token / ASYNCRAY_TOKEN)")
+        _print("  Stop everything:     asyncray stop")
+    else:
+        _print(f"Started an asyncray node {ready['node_id'][:8]} (pid {proc.pid}) joined to {args.address}.")
+    return 0
+
+
+# ---------------------------------------------------------------- stop
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop every process ``start`` launched on this machine and remove what they left."""
+    info = _session.read_cluster()
+    if not info or not info.get("processes"):
+        _print("asyncray stop: nothing started here is running")
+        return 0
+    procs = list(reversed(info["processes"]))  # nodes first, the head last
+    for p in procs:
+        if _pid_alive(p["pid"]):
+            try:
+                os.kill(p["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + args.grace
+    while time.monotonic() < deadline and any(_pid_alive(p["pid"]) for p in procs):
+        time.sleep(0.05)
+    killed = 0
+    for p in procs:
+        if _pid_alive(p["pid"]):
+            os.killpg(p["pid"], signal.SIGKILL)  # the daemon leads its own session: workers too
+            killed += 1
+    for p in procs:
+        for key in ("store_dir", "session_dir"):
+            if p.get(key):
+                shutil.rmtree(p[key], ignore_errors=True)
+    for path in (_session.CLUSTER_FILE, _session.TOKEN_FILE):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    _print(f"Stopped {len(procs)} asyncray process(es)" + (f" ({killed} had to be killed)." if killed else "."))
+    return 0
+
+
+# ---------------------------------------------------------------- status
+async def _cluster_state(address: str, token: str) -> list[dict[str, Any]]:
+    from asyncray._wire import messages as m
+    from asyncray._wire.connection import connect
+
+    conn = await connect(address, None, role="cli", token=token, name="cli->head")
+    try:
+        state = await asyncio.wait_for(conn.request(m.GetClusterState(rid=0)), 10)
+    finally:
+        conn.close()
+    return list(state["nodes"])
+
+
+def _fmt_amount(name: str, v: float) -> str:
+    if "memory" in name:
+        return f"{v / 2**30:.1f}GiB"
+    return f"{v:g}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the nodes with their resources and current use."""
+    try:
+        address = _session.resolve_address(args.address or os.environ.get("ASYNCRAY_ADDRESS") or "auto")
+        nodes = asyncio.run(_cluster_state(address, _session.resolve_token(args.token)))
+    except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
+        _print(f"asyncray status: cannot reach the cluster: {exc}")
+        return 1
+    alive = [n for n in nodes if n["alive"]]
+    _print(f"Cluster at {address}: {len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
+    for n in nodes:
+        state = "ALIVE" if n["alive"] else "DEAD "
+        _print(f"  node {n['node_id'].hex()[:8]}  {state}  {n['address']}  (host {n['info'].get('hostname', '?')})")
+        for k in sorted(n["resources"]):
+            if k.startswith("node:"):
+                continue
+            total, free = n["resources"][k], n["available"].get(k, 0.0)
+            _print(f"      {k:<22} {_fmt_amount(k, total - free):>10} used / {_fmt_amount(k, total)} total")
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs)."""
+    p = argparse.ArgumentParser(prog="asyncray", description="Run and inspect asyncray clusters.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("start", help="start a head (--head) or join a node (--address) in the background")
+    s.add_argument("--head", action="store_true", help="start a new cluster: a head and a node")
+    s.add_argument("--address", help="join the cluster whose head is at HOST:PORT")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=6379, help="head port (default 6379)")
+    s.add_argument("--num-cpus", type=float)
+    s.add_argument("--num-gpus", type=float)
+    s.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"disk": 1}\'')
+    s.add_argument("--object-store-memory", type=int, help="bytes for the node's object store")
+    s.add_argument("--dashboard-port", type=int, default=8265)
+    s.add_argument("--include-dashboard", action=argparse.BooleanOptionalAction, default=False)
+    s.add_argument("--node-timeout", type=float, default=5.0, help="seconds without heartbeat before a node is dead")
+    s.add_argument("--token", help="cluster token (default: generated, or ASYNCRAY_TOKEN)")
+    s.set_defaults(func=cmd_start)
+    st = sub.add_parser("stop", help="stop what 'start' started on this machine")
+    st.add_argument("--grace", type=float, default=10.0, help="seconds to wait before killing")
+    st.set_defaults(func=cmd_stop)
+    ss = sub.add_parser("status", help="nodes, resources and usage")
+    ss.add_argument("--address")
+    ss.add_argument("--token")
+    ss.set_defaults(func=cmd_status)
+    from asyncray import _cli_state
+
+    _cli_state.add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
