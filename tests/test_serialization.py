@@ -353,7 +353,9 @@ def test_failed_write_leaves_nothing_behind(store: ObjectStore, monkeypatch: pyt
         return real_pwrite(fd, buf, off)
 
     monkeypatch.setattr(shm.os, "pwrite", failing_pwrite)
-    with pytest.raises(OSError, match="No space"):
+    from asyncray.exceptions import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError, match=r"no room for a \d+-byte object"):
         store.write(OID, data, bufs)
     monkeypatch.undo()
     assert os.listdir(store.directory) == []

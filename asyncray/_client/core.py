@@ -47,6 +47,7 @@ IDLE_LEASE_S = 0.005
 RECLAIM_WINDOW_S = 1.0
 # At most this many lease requests in flight per resource shape.
 MAX_LEASE_REQUESTS = 16
+RESERVE_TIMEOUT_S = 60.0
 # Task reports to the head (dashboard, state API): how often, and how much at most.
 REPORT_INTERVAL_S = 1.0
 MAX_EVENTS_PER_REPORT = 20_000
@@ -169,6 +170,7 @@ class Core:
         log_to_driver: bool = True,
         listen_host: str = "",
         namespace: str = "default",
+        spill_dir: str = "",
     ) -> None:
         self.listen_host = listen_host
         self.namespace = namespace
@@ -181,8 +183,9 @@ class Core:
         self.worker_id = worker_id or _ids.new_id()
         self.job_id = job_id or _ids.new_id()[:4]
         self.log_to_driver = log_to_driver
-        self.store = ObjectStore(store_dir, node_id=node_id)
+        self.store = ObjectStore(store_dir, node_id=node_id, spill_dir=spill_dir)
         self.store.on_write = self._announce_object
+        self.store.reserve = self._reserve_space
         self.address = ""
         self.executor: Any = None  # set by the worker process
         self.on_node_lost: Callable[[], None] | None = None  # the worker exits then
@@ -450,6 +453,21 @@ class Core:
             await self.localize(descs)
         else:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.localize(descs), self.loop))
+
+    def _reserve_space(self, size: int) -> dict[str, Any]:
+        """Ask the node for room before writing a large object (blocking; any thread but the loop).
+
+        On the loop thread (an ``async def`` task returning a large value) the write goes
+        ahead unreserved: the node measures the store directly, so it is still counted.
+        """
+        if self.on_loop_thread() or self.node is None or not self.node.is_open:
+            return {}
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self.node.request(m.ReserveSpace(rid=0, size=size)), self.loop)
+            return dict(fut.result(RESERVE_TIMEOUT_S))
+        except Exception as exc:  # the node is busy or gone: write unreserved, as on the loop
+            log.info("no reservation for %d bytes: %s", size, exc)
+            return {}
 
     def _announce_object(self, object_id: bytes, size: int) -> None:
         """Tell the node (and so the head's directory) that this node holds a new object."""

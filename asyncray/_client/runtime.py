@@ -155,7 +155,7 @@ class Runtime:
         self.core = Core(
             role="driver", node_address=self.node.address, head_address=self.head.address,
             session_dir=self.session_dir, store_dir=store_dir, node_id=node_id, log_to_driver=log_to_driver,
-            namespace=self.namespace,
+            namespace=self.namespace, spill_dir=self.node.config.spill_dir,
         )
         await self.core.start()
         install(self.core)
@@ -194,6 +194,7 @@ class Runtime:
             role="driver", node_address=node["address"], head_address=head_address,
             session_dir=self.session_dir, store_dir=node["info"]["store_dir"], node_id=node["node_id"],
             token=token, log_to_driver=log_to_driver, listen_host=listen_host, namespace=self.namespace,
+            spill_dir=node["info"].get("spill_dir", ""),
         )
         await self.core.start()
         install(self.core)

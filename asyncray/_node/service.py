@@ -14,6 +14,7 @@ from typing import Any
 from asyncray import _ids
 from asyncray._node import scheduler as sch
 from asyncray._service import Service
+from asyncray._store.manager import StoreManager
 from asyncray._store.shm import ObjectStore
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, connect, serve
@@ -44,6 +45,7 @@ class NodeConfig:
     worker_cwd: str = field(default_factory=os.getcwd)
     worker_path: list[str] = field(default_factory=list)
     listen_host: str = ""  # empty: workers listen on Unix sockets (one machine)
+    spill_dir: str = ""  # empty: <session_dir>/spill
 
 
 def _open_log(path: str) -> Any:
@@ -60,7 +62,11 @@ class NodeService(Service):
         self.config = config
         self.node_id = config.node_id
         self.address = config.address
-        self.store = ObjectStore(config.store_dir, create=True)
+        config.spill_dir = config.spill_dir or os.path.join(config.session_dir, "spill")
+        self.store = ObjectStore(config.store_dir, create=True, node_id=config.node_id, spill_dir=config.spill_dir)
+        limit = int(config.resources.get("object_store_memory", 2**30))
+        self.store_manager = StoreManager(self.store, limit)
+        self.store_usage = self.store_manager.usage()
         self.scheduler = sch.LocalScheduler(
             total=dict(config.resources), min_workers=config.num_workers, new_worker_id=_ids.new_id
         )
@@ -90,12 +96,16 @@ class NodeService(Service):
         await self._head.request(
             m.RegisterNode(
                 rid=0, node_id=self.node_id, address=self.address, resources=self.config.resources,
-                info={"pid": os.getpid(), "store_dir": self.config.store_dir, "hostname": os.uname().nodename},
+                info={
+                    "pid": os.getpid(), "store_dir": self.config.store_dir, "spill_dir": self.config.spill_dir,
+                    "hostname": os.uname().nodename,
+                },
             )
         )
         self._apply(self.scheduler.prestart())
         self.spawn(self._reap_loop(), "reap-idle-workers")
         self.spawn(self._heartbeat_loop(), "heartbeat")
+        self.spawn(self._store_loop(), "store-upkeep")
 
     async def _stop(self) -> None:
         for conn in list(self._worker_conns.values()) + list(self._clients):
@@ -117,6 +127,26 @@ class NodeService(Service):
                 proc.kill()
                 await proc.wait()
         self.store.destroy()
+
+    async def _store_loop(self) -> None:
+        """Measure the store, keep a warm segment ready, sweep what crashed writers left."""
+        loop = asyncio.get_running_loop()
+        manager = self.store_manager
+        while True:
+            await asyncio.sleep(STORE_UPKEEP_S)
+            await loop.run_in_executor(None, manager.refill_segments)
+            await loop.run_in_executor(None, manager.sweep_stale)
+            self.store_usage = await loop.run_in_executor(None, manager.usage)
+
+    async def _reserve(self, conn: Connection, msg: m.ReserveSpace) -> None:
+        manager = self.store_manager
+        # Warm segments are sized by what writers actually ask for (none until a big write).
+        if msg.size >= WARM_SEGMENT_MIN_BYTES:
+            want = min(1 << (msg.size - 1).bit_length(), manager.limit // 4)
+            if want > manager.segment_bytes:
+                manager.segment_bytes, manager.segment_count = want, 1
+        where = await asyncio.get_running_loop().run_in_executor(None, manager.reserve, msg.size)
+        conn.reply(msg.rid, where)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -165,6 +195,8 @@ class NodeService(Service):
         self._report_scheduled = False
         if self._head is not None and self._head.is_open:
             avail = {k: max(0.0, v) for k, v in self.scheduler.available.items()}
+            usage = self.store_usage
+            avail["object_store_memory"] = float(max(0, usage.limit - usage.used))
             self._head.send(m.NodeResources(node_id=self.node_id, available=avail))
 
     async def _start_worker(self, worker_id: bytes) -> None:
@@ -176,6 +208,7 @@ class NodeService(Service):
             ASYNCRAY_WORKER_ID=worker_id.hex(),
             ASYNCRAY_SESSION_DIR=self.config.session_dir,
             ASYNCRAY_STORE_DIR=self.config.store_dir,
+            ASYNCRAY_SPILL_DIR=self.config.spill_dir,
             ASYNCRAY_TOKEN=self.config.token,
             ASYNCRAY_NODE_PID=str(os.getpid()),
             ASYNCRAY_LISTEN_HOST=self.config.listen_host,
@@ -223,6 +256,8 @@ class NodeService(Service):
                 conn.reply(msg.rid, {"redirect": target})
                 return
             self._apply(self.scheduler.request(sch.LeaseRequest(conn, msg.rid, msg.resources, msg.dedicated, msg.label)))
+        elif isinstance(msg, m.ReserveSpace):
+            self.spawn(self._reserve(conn, msg), "reserve-space")
         elif isinstance(msg, m.ObjectChunk):
             self._receive_chunk(msg)
         elif isinstance(msg, m.FetchObject):
@@ -255,6 +290,8 @@ class NodeService(Service):
             self._log_subscribers.add(conn)
         elif isinstance(msg, m.GetNodeInfo):
             conn.reply(msg.rid, self.info())
+        elif isinstance(msg, m.GetLogs):
+            self.spawn(self._answer_logs(conn, msg), "answer-logs")
         else:
             log.warning("node: unexpected %s", type(msg).__name__)
 
@@ -372,14 +409,32 @@ class NodeService(Service):
                 self._apply(self.scheduler.client_gone(conn))
 
     def info(self) -> dict[str, Any]:
-        """The node's state, for ``nodes()``, the CLI and the dashboard."""
+        """The node's state, for ``nodes()``, the CLI and the dashboard (with host and per-worker usage)."""
+        from asyncray._node import usage
+
+        workers = [
+            {"worker_id": w.worker_id, "pid": w.pid, "state": w.state.value, "lease_id": w.lease_id,
+             **usage.process_usage(w.pid)}
+            for w in self.scheduler.workers.values()
+        ]
         return {
             "node_id": self.node_id,
             "address": self.address,
             "resources": self.scheduler.total,
             "available": self.scheduler.available,
-            "workers": [
-                {"worker_id": w.worker_id, "pid": w.pid, "state": w.state.value, "lease_id": w.lease_id}
-                for w in self.scheduler.workers.values()
-            ],
+            "workers": workers,
+            "host": usage.host_usage(),
+            "pid": os.getpid(),
+            "store": self.store_usage.as_dict(),
         }
+
+    async def _answer_logs(self, conn: Connection, msg: m.GetLogs) -> None:
+        from asyncray._node import usage
+
+        pids = {_ids.short(w.worker_id): w.pid for w in self.scheduler.workers.values()}
+        try:
+            value = await asyncio.to_thread(usage.read_logs, self.log_dir, pids, msg.worker, msg.q, msg.limit)
+        except Exception as exc:
+            conn.reply(msg.rid, error=f"{type(exc).__name__}: {exc}")
+            return
+        conn.reply(msg.rid, value)

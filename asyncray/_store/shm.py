@@ -12,6 +12,7 @@ each buffer, every part aligned to 64 bytes.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import pickle
@@ -28,21 +29,28 @@ def _align(n: int) -> int:
 
 
 class ObjectStore:
-    """Files under ``directory``; every process on the node opens the same directory."""
+    """Files under ``directory`` (shared memory) and ``spill_dir`` (disk), shared by the node's processes."""
 
-    def __init__(self, directory: str, *, create: bool = False, node_id: bytes = b"") -> None:
+    def __init__(self, directory: str, *, create: bool = False, node_id: bytes = b"", spill_dir: str = "") -> None:
         self.directory = directory
+        self.spill_dir = spill_dir or directory + "-spill"
         self.node_id = node_id
         self.on_write: Any = None  # called with (object_id, size) after each write
-        if create:  # only the node creates (and later removes) the directory
+        self.reserve: Any = None  # size -> {"segment": path} | {"disk": True} | {} (asks the node)
+        if create:  # only the node creates (and later removes) the directories
             os.makedirs(directory, exist_ok=True)
+            os.makedirs(self.spill_dir, exist_ok=True)
 
     def path(self, object_id: bytes) -> str:
-        """Where an object lives."""
+        """Where an object lives in shared memory."""
         return os.path.join(self.directory, object_id.hex())
 
+    def spill_path(self, object_id: bytes) -> str:
+        """Where an object lives once spilled to disk."""
+        return os.path.join(self.spill_dir, object_id.hex())
+
     def write(self, object_id: bytes, data: bytes, buffers: list[pickle.PickleBuffer]) -> int:
-        """Store an object; returns its size on disk."""
+        """Store an object (after asking the node for room, when it can be asked); returns its size."""
         raws = [b.raw() for b in buffers]
         header = MAGIC + struct.pack("<IQ", len(raws), len(data)) + b"".join(
             struct.pack("<Q", r.nbytes) for r in raws
@@ -56,11 +64,20 @@ class ObjectStore:
                 pos += pad
             parts.append(part)
             pos += len(part) if isinstance(part, bytes) else part.nbytes
-        final = self.path(object_id)
+        where = self.reserve(pos) if self.reserve is not None else {}
+        final = self.spill_path(object_id) if where.get("disk") else self.path(object_id)
         tmp = f"{final}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if where.get("segment"):
+            try:
+                os.rename(where["segment"], tmp)  # a warm file: its pages are already there
+                fd = os.open(tmp, os.O_WRONLY)
+            except FileNotFoundError:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, pos)
+            if not where.get("segment"):
+                os.ftruncate(fd, pos)
             off = 0
             for part in parts:
                 view = memoryview(part)
@@ -68,6 +85,18 @@ class ObjectStore:
                     n = os.pwrite(fd, view, off)
                     off += n
                     view = view[n:]
+            os.ftruncate(fd, pos)  # a warm segment is larger than the object: give the rest back
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(tmp)
+            if exc.errno == errno.ENOSPC:
+                from asyncray.exceptions import OutOfMemoryError
+
+                raise OutOfMemoryError(
+                    f"no room for a {pos}-byte object: the object store ({self.directory}) and the spill "
+                    f"directory ({self.spill_dir}) are both full"
+                ) from exc
+            raise
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -79,8 +108,16 @@ class ObjectStore:
         return pos
 
     def read(self, object_id: bytes) -> tuple[memoryview, list[memoryview]]:
-        """Map an object; returns the pickle bytes and buffers, all views into the mapping."""
-        fd = os.open(self.path(object_id), os.O_RDONLY)
+        """Map an object (from memory, or from disk if spilled); returns views into the mapping."""
+        try:
+            fd = os.open(self.path(object_id), os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                fd = os.open(self.spill_path(object_id), os.O_RDONLY)
+            except FileNotFoundError:
+                from asyncray.exceptions import ObjectLostError
+
+                raise ObjectLostError(f"object {object_id.hex()} is not in this node's store any more") from None
         try:
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
@@ -101,16 +138,18 @@ class ObjectStore:
         return data, bufs
 
     def delete(self, object_id: bytes) -> None:
-        """Remove an object; readers that mapped it keep their mapping."""
-        try:
-            os.unlink(self.path(object_id))
-        except FileNotFoundError:
-            pass
+        """Remove an object wherever it is; readers that mapped it keep their mapping."""
+        for path in (self.path(object_id), self.spill_path(object_id)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def contains(self, object_id: bytes) -> bool:
-        """True once the object is fully written."""
-        return os.path.exists(self.path(object_id))
+        """True once the object is fully written (in memory or on disk)."""
+        return os.path.exists(self.path(object_id)) or os.path.exists(self.spill_path(object_id))
 
     def destroy(self) -> None:
-        """Remove the whole directory (node shutdown)."""
+        """Remove both directories (node shutdown)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.spill_dir, ignore_errors=True)

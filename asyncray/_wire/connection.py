@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"connection {self.name} lost"))
+                fut.exception()  # a waiter may have been cancelled already: do not warn about it
         self._pending.clear()
         if not self.closed.done():
             self.closed.set_result(None)

@@ -429,3 +429,45 @@ class GetState(Message):
     rid: int
     kind: str
     limit: int = 1000
+    args: dict[str, Any] = field(default_factory=dict)  # kind-specific: filters, worker, job id
+
+
+@message("get_logs")
+@dataclass(slots=True)
+class GetLogs(Message):
+    """Ask a node for worker log files: with ``worker`` (pid or id prefix) its lines matching
+    ``q`` (the last ``limit``); without, the list of log files. Answered by a Reply."""
+
+    rid: int
+    worker: str = ""
+    q: str = ""
+    limit: int = 1000
+
+
+@message("submit_job")
+@dataclass(slots=True)
+class SubmitJob(Message):
+    """Run ``entrypoint`` (a shell command) as a job on the head's machine; the Reply is its id."""
+
+    rid: int
+    entrypoint: str
+    working_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@message("stop_job")
+@dataclass(slots=True)
+class StopJob(Message):
+    """Stop a running job (SIGTERM, then SIGKILL); the Reply says whether it was running."""
+
+    rid: int
+    job_id: str
+
+
+@message("reserve_space")
+@dataclass(slots=True)
+class ReserveSpace(Message):
+    """A writer asks its node for room for ``size`` bytes; the Reply says where to write."""
+
+    rid: int
+    size: int

@@ -62,6 +62,7 @@ async def _start(on_node_lost: Callable[[], None]) -> TaskExecutor:
         token=env.get("ASYNCRAY_TOKEN", ""),
         worker_id=bytes.fromhex(env["ASYNCRAY_WORKER_ID"]),
         listen_host=env.get("ASYNCRAY_LISTEN_HOST", ""),
+        spill_dir=env.get("ASYNCRAY_SPILL_DIR", ""),
     )
     core.on_node_lost = on_node_lost
     install(core)
