@@ -28,6 +28,10 @@ HEARTBEAT_INTERVAL_S = 0.5
 # Objects cross between nodes in pieces of this size (never as one frame).
 CHUNK_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 3
+# How often the node measures its store, refills the warm segment and sweeps stale files.
+STORE_UPKEEP_S = 1.0
+# Writes at least this large make the node keep a warm segment of their size ready.
+WARM_SEGMENT_MIN_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -358,7 +362,7 @@ class NodeService(Service):
         tmp = f"{final}.pull.tmp"
         self._incoming[oid] = (os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), tmp)
         try:
-            await peer.request(m.PullObject(rid=0, object_id=oid))
+            size = await peer.request(m.PullObject(rid=0, object_id=oid))
             fd, _ = self._incoming.pop(oid)
             os.close(fd)
             os.rename(tmp, final)
@@ -372,7 +376,7 @@ class NodeService(Service):
                 pass
             raise
         if self._head is not None and self._head.is_open:
-            self._head.send(m.ObjectLocation(object_id=oid, node_id=self.node_id, size=os.path.getsize(final)))
+            self._head.send(m.ObjectLocation(object_id=oid, node_id=self.node_id, size=int(size)))
 
     def _receive_chunk(self, msg: m.ObjectChunk) -> None:
         item = self._incoming.get(msg.object_id)

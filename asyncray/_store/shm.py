@@ -85,7 +85,8 @@ class ObjectStore:
                     n = os.pwrite(fd, view, off)
                     off += n
                     view = view[n:]
-            os.ftruncate(fd, pos)  # a warm segment is larger than the object: give the rest back
+            # A warm segment may be larger than the object: the header says where the object
+            # ends, and shrinking the file would cost as much as the write saved.
         except OSError as exc:
             os.close(fd)
             os.unlink(tmp)
