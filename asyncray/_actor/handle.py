@@ -78,7 +78,9 @@ class ActorClass:
         if name and not isinstance(name, str):
             raise ValueError(f"actor name must be a string, got {type(name).__name__}")
         namespace = opts.get("namespace") or getattr(core, "namespace", "default")
-        arg_descs, kw_descs, deps = encode_args(core, f"{self._cls.__name__}.__init__", args, kwargs)
+        arg_descs, kw_descs, deps, contained = encode_args(core, f"{self._cls.__name__}.__init__", args, kwargs)
+        for ref in contained:  # the actor is built later, by the head: keep these for its life
+            core.ref_escaped(ref.id)
         meta = dict(self._meta)
         meta["max_task_retries"] = opts.get("max_task_retries") or 0
         default_conc = DEFAULT_ASYNC_CONCURRENCY if meta["is_async"] else 1

@@ -64,7 +64,7 @@ PIPELINE_DEPTH = 4
 class _Entry:
     """One object this process knows: its descriptor once ready, and who waits for it."""
 
-    __slots__ = ("desc", "fetching", "owned", "pinned", "waiters")
+    __slots__ = ("borrowers", "contained", "desc", "fetching", "owned", "pinned", "waiters")
 
     def __init__(self, owned: bool, desc: list[Any] | None = None) -> None:
         self.desc = desc
@@ -72,6 +72,8 @@ class _Entry:
         self.owned = owned
         self.pinned = False
         self.fetching = False
+        self.borrowers: dict[str, int] | None = None  # owner side: borrower address -> count
+        self.contained: list[ObjectRef] | None = None  # refs inside this value, kept while it lives
 
 
 class _Lease:
@@ -210,6 +212,10 @@ class Core:
         self._reclaim_until = 0.0
         self._spread_next = 0
         self._live: dict[bytes, TaskSpec] = {}
+        self._borrowed_from: dict[bytes, str] = {}
+        self._borrow_out: dict[str, tuple[list[bytes], list[bytes]]] = {}
+        self._borrow_flush = False
+        self._incoming: set[Connection] = set()
         self._finished_events: list[list[Any]] = []
         self._view: list[dict[str, Any]] = []
         self._view_at = 0.0
@@ -227,7 +233,8 @@ class Core:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             listen = f"unix:{path}"
         self._server, self.address = await serve(
-            listen, self._on_message, token=self.token, name=f"{self.role}-core", on_close=self._on_peer_close
+            listen, self._on_message, token=self.token, name=f"{self.role}-core",
+            on_open=self._incoming.add, on_close=self._on_peer_close,
         )
         self.node = await connect(
             self.node_address, self._on_message, role=self.role, token=self.token,
@@ -317,28 +324,101 @@ class Core:
             self.loop.call_soon_threadsafe(fn, *args)
 
     # ================================================================ reference counting
-    def incref(self, object_id: bytes) -> None:
-        """A new ObjectRef to this object exists in this process."""
+    def incref(self, object_id: bytes, owner: str) -> None:
+        """A new ObjectRef to this object exists in this process (any thread)."""
         counts = self._refcounts
-        counts[object_id] = counts.get(object_id, 0) + 1
+        n = counts.get(object_id, 0)
+        counts[object_id] = n + 1
+        if n == 0 and owner != self.address and self.address:
+            # The first ref here to someone else's object: we are now a borrower (Ray's
+            # ownership model); the owner keeps the object until we say we dropped it.
+            self._borrowed_from[object_id] = owner
+            self._queue_borrow(owner, object_id, True)
 
     def decref(self, object_id: bytes) -> None:
-        """An ObjectRef was dropped; free the value when it was the last one (any thread)."""
+        """An ObjectRef was dropped; free the value when it was the last one anywhere (any thread)."""
         counts = self._refcounts
         n = counts.get(object_id, 0) - 1
         if n > 0:
             counts[object_id] = n
             return
         counts.pop(object_id, None)
+        owner = self._borrowed_from.pop(object_id, None)
+        if owner is not None:
+            self._queue_borrow(owner, object_id, False)
+        self._maybe_free(object_id)
+
+    def _maybe_free(self, object_id: bytes) -> None:
+        """Drop an object nobody references: here, in a running task, or as a borrower."""
         entry = self._objects.get(object_id)
-        if entry is None or entry.pinned or entry.waiters:
+        if entry is None or entry.pinned or entry.waiters or entry.borrowers or object_id in self._refcounts:
             return
         if entry.owned and object_id in self._by_return:
             return  # the task is still running; its result frees itself on arrival
-        del self._objects[object_id]
+        self._objects.pop(object_id, None)
+        entry.contained = None
         desc = entry.desc
         if entry.owned and desc is not None and desc[0] == ser.STORED:
             self.store.delete(object_id)
+
+    def _queue_borrow(self, owner: str, object_id: bytes, add: bool) -> None:
+        """Batch borrower notices per owner; one frame per owner per loop iteration."""
+        pending = self._borrow_out.get(owner)
+        if pending is None:
+            pending = self._borrow_out[owner] = ([], [])
+        pending[0 if add else 1].append(object_id)
+        if not self._borrow_flush:
+            self._borrow_flush = True
+            self.call_soon(self._flush_borrows)
+
+    def _flush_borrows(self) -> None:
+        self._borrow_flush = False
+        out, self._borrow_out = self._borrow_out, {}
+        for owner, (add, drop) in out.items():
+            conn = self._route_to(owner)
+            if conn is not None:
+                conn.send(m.Borrow(add=add, drop=drop))
+            elif not self._closed:
+                self.spawn(self._send_borrow_later(owner, m.Borrow(add=add, drop=drop)))
+
+    def _route_to(self, address: str) -> Connection | None:
+        """An open connection to a peer: the one it opened to us first (keeps order with its
+        tasks' replies), else one we opened."""
+        for conn in self._incoming:
+            if conn.peer is not None and conn.peer.address == address and conn.is_open:
+                return conn
+        conn = self._peers.get(address)
+        return conn if conn is not None and conn.is_open else None
+
+    async def _send_borrow_later(self, owner: str, msg: m.Borrow) -> None:
+        try:
+            (await self._peer(owner)).send(msg)
+        except OSError:
+            pass  # the owner is gone, and its objects with it
+
+    def _on_borrow(self, conn: Connection, msg: m.Borrow) -> None:
+        """Owner side: a borrower started or stopped holding refs to our objects."""
+        who = conn.peer.address if conn.peer is not None else ""
+        for oid in msg.add:
+            entry = self._objects.get(oid)
+            if entry is not None and entry.owned:
+                if entry.borrowers is None:
+                    entry.borrowers = {}
+                entry.borrowers[who] = entry.borrowers.get(who, 0) + 1
+        for oid in msg.drop:
+            entry = self._objects.get(oid)
+            if entry is not None and entry.borrowers and who in entry.borrowers:
+                entry.borrowers[who] -= 1
+                if entry.borrowers[who] <= 0:
+                    del entry.borrowers[who]
+                self._maybe_free(oid)
+
+    def _borrower_gone(self, address: str) -> None:
+        """A borrower's process is gone: it holds nothing any more."""
+        for oid, entry in list(self._objects.items()):
+            if entry.borrowers and address in entry.borrowers:
+                del entry.borrowers[address]
+                self._maybe_free(oid)
 
     def ref_escaped(self, object_id: bytes) -> None:
         """A ref was pickled (into an argument or a value): keep the object while borrowers may use it.
@@ -353,11 +433,16 @@ class Core:
     # ================================================================ objects
     def put(self, value: Any) -> ObjectRef:
         """Store a value owned by this process (callable from any thread)."""
+        contained: list[ObjectRef] = []
         try:
-            pickled = ser.dumps(value)
+            with ser.collecting_refs(contained):
+                pickled = ser.dumps(value)
         except Exception as exc:
             raise SerializationError(f"put() could not pickle a {type(value).__name__}: {exc}") from exc
-        return self.put_serialized(value, pickled)
+        ref = self.put_serialized(value, pickled)
+        if contained:  # refs inside a stored value live as long as it does
+            self._objects[ref.id].contained = contained
+        return ref
 
     def put_serialized(self, value: Any, pickled: tuple[bytes, list[Any]]) -> ObjectRef:
         """Store an already pickled value (inline when small, else in the node's store)."""
@@ -462,9 +547,13 @@ class Core:
         """
         if self.on_loop_thread() or self.node is None or not self.node.is_open:
             return {}
+        node = self.node
+
+        async def ask() -> Any:
+            return await node.request(m.ReserveSpace(rid=0, size=size))
+
         try:
-            fut = asyncio.run_coroutine_threadsafe(self.node.request(m.ReserveSpace(rid=0, size=size)), self.loop)
-            return dict(fut.result(RESERVE_TIMEOUT_S))
+            return dict(asyncio.run_coroutine_threadsafe(ask(), self.loop).result(RESERVE_TIMEOUT_S))
         except Exception as exc:  # the node is busy or gone: write unreserved, as on the loop
             log.info("no reservation for %d bytes: %s", size, exc)
             return {}
@@ -854,6 +943,7 @@ class Core:
         """Record a task's outcome in its return entries and wake waiters."""
         spec.state = TaskState.FINISHED
         spec.deps = []
+        spec.contained = []
         if self._live.pop(spec.task_id, None) is not None and len(self._finished_events) < MAX_EVENTS_PER_REPORT:
             failed = bool(results) and results[0][0] == ser.ERROR
             end = time.time()
@@ -870,13 +960,7 @@ class Core:
                     self.store.delete(rid)  # nobody holds a ref any more
                 continue
             self._resolve_entry(entry, desc)
-            if rid not in self._refcounts and not entry.pinned and not entry.waiters:
-                self.decref_dead(rid)
-
-    def decref_dead(self, object_id: bytes) -> None:
-        """Free an object whose refs were all dropped before its value arrived."""
-        self._refcounts[object_id] = 1
-        self.decref(object_id)
+            self._maybe_free(rid)
 
     def _worker_lost(self, conn: Connection) -> None:
         """A leased worker's connection dropped: retry or fail what it was running."""
@@ -936,7 +1020,7 @@ class Core:
         try:
             conn = await connect(
                 address, self._on_message, role=self.role, token=self.token, peer_id=self.worker_id,
-                name=f"{self.role}->{address}", on_close=self._on_peer_close,
+                listen_address=self.address, name=f"{self.role}->{address}", on_close=self._on_peer_close,
             )
         except BaseException as exc:
             fut.set_exception(exc)
@@ -949,11 +1033,14 @@ class Core:
         return conn
 
     def _on_peer_close(self, conn: Connection) -> None:
+        self._incoming.discard(conn)
         if self._closed:
             return
         for addr, c in list(self._peers.items()):
             if c is conn:
                 del self._peers[addr]
+        if conn.peer is not None and conn.peer.address:
+            self._borrower_gone(conn.peer.address)
         self._worker_lost(conn)
         if self.executor is not None:
             self.executor.connection_lost(conn)
@@ -975,6 +1062,8 @@ class Core:
                 log.warning("%s got %s but runs no tasks", self.role, t.__name__)
                 return
             self.executor.handle(conn, msg)
+        elif t is m.Borrow:
+            self._on_borrow(conn, msg)  # type: ignore[arg-type]
         elif t is m.GetObject:
             self._serve_object(conn, msg)  # type: ignore[arg-type]
         elif t is m.LogLines:
@@ -990,8 +1079,6 @@ class Core:
         if entry is None or not entry.owned:
             conn.reply(msg.rid, ser.error_descriptor(ObjectLostError(f"object {msg.object_id.hex()} was freed by its owner")))
             return
-        entry.pinned = True  # a borrower holds it now
-
         def answer() -> None:
             conn.reply(msg.rid, entry.desc)
 
@@ -1026,8 +1113,8 @@ class Core:
         from asyncray._client.task_spec import encode_args
 
         task_id = _ids.new_id()
-        arg_descs, kw_descs, deps = encode_args(self, fn.name, args, kwargs)
-        return TaskSpec(
+        arg_descs, kw_descs, deps, contained = encode_args(self, fn.name, args, kwargs)
+        return TaskSpec(contained=contained,
             task_id=task_id, fn=fn, args=arg_descs, kwargs=kw_descs, deps=deps,
             return_ids=[_ids.return_id(task_id, i) for i in range(num_returns)],
             resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions, strategy=strategy,

@@ -7,6 +7,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from asyncray._client import context
+from asyncray._store import serialization
 
 if TYPE_CHECKING:
     from asyncray._client.core import Core
@@ -26,7 +27,7 @@ class ObjectRef:
         self._owner = owner
         self._core = core
         if core is not None:
-            core.incref(object_id)
+            core.incref(object_id, owner)
 
     def __del__(self) -> None:
         core = self._core
@@ -64,7 +65,9 @@ class ObjectRef:
         return hash(self._id)
 
     def __reduce__(self) -> Any:
-        if self._core is not None:
+        # Pickled inside a task's arguments or a stored value, the ref is collected and kept
+        # alive by what holds that value; pickled any other way, its owner pins the object.
+        if not serialization.note_ref(self) and self._core is not None:
             self._core.ref_escaped(self._id)
         return (_rebuild_ref, (self._id, self._owner))
 

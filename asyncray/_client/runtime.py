@@ -116,6 +116,7 @@ class Runtime:
         self.core: Core | None = None
         self.head: HeadService | None = None
         self.node: NodeService | None = None
+        self.dashboard: Any = None  # asyncray.dashboard.DashboardService when one is running
         self.session_dir = ""
         self.info: RuntimeInfo | None = None
         self.namespace = "default"
@@ -129,8 +130,11 @@ class Runtime:
         object_store_memory: int | None,
         namespace: str | None,
         log_to_driver: bool,
+        include_dashboard: bool | None = None,
+        dashboard_host: str = "127.0.0.1",
+        dashboard_port: int = 8265,
     ) -> RuntimeInfo:
-        """Start head, node and core on the running loop."""
+        """Start head, node and core on the running loop (and the dashboard unless turned off)."""
         _sweep_stale_sessions()
         total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
         self.session_dir = new_session_dir(f"s{os.getpid()}-{secrets.token_hex(3)}")
@@ -139,6 +143,19 @@ class Runtime:
         self.namespace = namespace or "default"
         self.head = HeadService(f"unix:{self.session_dir}/head.sock")
         await self.head.start()
+        dashboard_url = None
+        if include_dashboard is not False:
+            from asyncray.dashboard import start_dashboard
+
+            try:
+                self.dashboard = await start_dashboard(self.head, dashboard_host, dashboard_port, token=self.head.token)
+            except (OSError, ValueError) as exc:
+                if include_dashboard:  # asked for explicitly: not having it is an error
+                    raise
+                log.warning("asyncray: no dashboard: %s", exc)
+            else:
+                dashboard_url = self.dashboard.url
+                sys.stderr.write(f"asyncray: dashboard at {dashboard_url}\n")
         self.node = NodeService(
             NodeConfig(
                 node_id=node_id,
@@ -159,7 +176,9 @@ class Runtime:
         )
         await self.core.start()
         install(self.core)
-        self.info = RuntimeInfo(address=self.head.address, node_id=node_id.hex(), session_dir=self.session_dir)
+        self.info = RuntimeInfo(
+            address=self.head.address, node_id=node_id.hex(), session_dir=self.session_dir, dashboard_url=dashboard_url
+        )
         return self.info
 
     async def connect(self, address: str, *, token: str | None, namespace: str | None, log_to_driver: bool) -> RuntimeInfo:
@@ -173,7 +192,7 @@ class Runtime:
         probe = await wire_connect(head_address, None, role="driver", token=token, name="driver->head")
         try:
             state = await asyncio.wait_for(probe.request(m.GetClusterState(rid=0)), 10)
-        except (TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError) as exc:
             raise ConnectionError(
                 f"the head at {head_address} did not answer; is the cluster running and the token right? ({exc})"
             ) from None
@@ -205,6 +224,8 @@ class Runtime:
         """Stop the core, then the node (ending its workers), then the head."""
         install(None)
         try:
+            if self.dashboard is not None:
+                await self.dashboard.stop()
             if self.core is not None:
                 await self.core.stop()
             if self.node is not None:
@@ -247,7 +268,10 @@ async def start(rt: Runtime, address: str | None, opts: dict[str, Any]) -> Runti
     """Embedded cluster when there is no address, else join the cluster at ``address``."""
     if address is None:
         return await rt.start_embedded(
-            **{k: opts[k] for k in ("num_cpus", "num_gpus", "resources", "object_store_memory", "namespace", "log_to_driver")}
+            **{k: opts[k] for k in (
+                "num_cpus", "num_gpus", "resources", "object_store_memory", "namespace", "log_to_driver",
+                "include_dashboard", "dashboard_host", "dashboard_port",
+            )}
         )
     return await rt.connect(address, token=opts["token"], namespace=opts["namespace"], log_to_driver=opts["log_to_driver"])
 

@@ -70,6 +70,7 @@ class TaskSpec:
     submitted_at: float = 0.0  # wall clock, for the dashboard and the timeline
     started_at: float = 0.0
     duration: float = 0.0
+    contained: list[Any] = field(default_factory=list)  # refs inside the arguments, alive until done
     sched_key: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,9 +96,14 @@ def _encode_one(core: Core, value: Any, what: str, deps: list[ObjectRef]) -> lis
 
 def encode_args(
     core: Core, name: str, args: Any, kwargs: dict[str, Any]
-) -> tuple[list[Any], dict[str, Any], list[ObjectRef]]:
-    """Encode call arguments; top-level refs become dependencies resolved before the call."""
+) -> tuple[list[Any], dict[str, Any], list[ObjectRef], list[ObjectRef]]:
+    """Encode call arguments: descriptors, dependencies (top-level refs, resolved before the
+    call) and contained refs (nested in arguments: passed as refs, kept alive by the caller
+    until the task is done, by which time a worker that kept them is a registered borrower).
+    """
     deps: list[ObjectRef] = []
-    arg_descs = [_encode_one(core, a, f"argument {i} of {name}()", deps) for i, a in enumerate(args)]
-    kw_descs = {k: _encode_one(core, v, f"argument {k!r} of {name}()", deps) for k, v in kwargs.items()}
-    return arg_descs, kw_descs, deps
+    contained: list[ObjectRef] = []
+    with ser.collecting_refs(contained):
+        arg_descs = [_encode_one(core, a, f"argument {i} of {name}()", deps) for i, a in enumerate(args)]
+        kw_descs = {k: _encode_one(core, v, f"argument {k!r} of {name}()", deps) for k, v in kwargs.items()}
+    return arg_descs, kw_descs, deps, contained

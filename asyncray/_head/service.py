@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from asyncray._head.actors import ActorManager
+from asyncray._head.jobs import JobManager
 from asyncray._head.state import TaskTable
 from asyncray._node.scheduler import fits as fits_resources
 from asyncray._service import Service
@@ -37,6 +38,7 @@ class HeadService(Service):
         self.tasks = TaskTable()
         self._node_conns: dict[bytes, Connection] = {}
         self.actors = ActorManager(self)
+        self.jobs = JobManager(self)
         self._node_clients: dict[bytes, Connection] = {}
         self._conns: set[Connection] = set()
 
@@ -74,7 +76,9 @@ class HeadService(Service):
         node = self.nodes.get(node_id)
         if node is None or not node["alive"]:
             return
-        log.warning("node %s is dead: %s", node_id.hex()[:8], why)
+        # A node whose connection closed was usually stopped on purpose; a silent one was not.
+        level = logging.INFO if "closed" in why else logging.WARNING
+        log.log(level, "node %s is dead: %s", node_id.hex()[:8], why)
         node["alive"] = False
         node["death_cause"] = why
         conn = self._node_conns.pop(node_id, None)
@@ -86,6 +90,7 @@ class HeadService(Service):
         self._send_view()
 
     async def _stop(self) -> None:
+        await self.jobs.stop()
         for conn in list(self._node_clients.values()) + list(self._conns):
             conn.close()
 
@@ -152,8 +157,21 @@ class HeadService(Service):
             self.tasks.report(msg.owner, msg.pid, msg.role, msg.counts, msg.live, msg.finished, msg.objects)
         elif isinstance(msg, m.WorkerExited):
             self.actors.worker_exited(msg.worker_id, msg.exit_code)
+        elif isinstance(msg, m.GetState | m.SubmitJob | m.StopJob):
+            self.spawn(self._answer_state(conn, msg), "answer-state")
         else:
             log.warning("head: unexpected %s", type(msg).__name__)
+
+    async def _answer_state(self, conn: Connection, msg: m.GetState | m.SubmitJob | m.StopJob) -> None:
+        """State queries and job requests (dashboard, CLI, ``asyncray.util.state``)."""
+        from asyncray._head.state_api import answer
+
+        try:
+            value = await answer(self, msg)
+        except Exception as exc:
+            conn.reply(msg.rid, error=f"{type(exc).__name__}: {exc}")
+            return
+        conn.reply(msg.rid, value)
 
     def _on_close(self, conn: Connection) -> None:
         self._conns.discard(conn)

@@ -193,15 +193,21 @@ class StoreManager:
                 _unlink(entry.path)
 
     def sweep_stale(self, now: float | None = None) -> int:
-        """Remove temporary files left by writers that died mid-write."""
+        """Remove temporary files left by writers that died mid-write.
+
+        A writer's file is ``<object>.<pid>.tmp``: it goes at once when that pid is gone,
+        and after STALE_TMP_S in any case (a taken segment has no pid in its name).
+        """
         now = time.time() if now is None else now
         removed = 0
         for directory in (self.store.directory, self.store.spill_dir):
             for entry in _scan(directory):
                 if not (entry.name.endswith(".tmp") or ".taken-" in entry.name):
                     continue
+                parts = entry.name.split(".")
+                writer_dead = len(parts) >= 3 and parts[-2].isdigit() and not _pid_alive(int(parts[-2]))
                 try:
-                    if now - entry.stat().st_mtime > STALE_TMP_S:
+                    if writer_dead or now - entry.stat().st_mtime > STALE_TMP_S:
                         os.unlink(entry.path)
                         removed += 1
                 except FileNotFoundError:
@@ -215,6 +221,16 @@ def _scan(directory: str) -> list[os.DirEntry[str]]:
             return [e for e in it if e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unlink(path: str) -> None:

@@ -13,7 +13,10 @@ A *descriptor* says where a value is, as a msgpack-native list:
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -28,6 +31,29 @@ INLINE_MAX_BYTES = 100 * 1024
 
 class _UseCloudpickle(Exception):
     pass
+
+
+_collector = threading.local()
+
+
+@contextlib.contextmanager
+def collecting_refs(into: list[Any]) -> Iterator[list[Any]]:
+    """Within the block, ObjectRefs pickled by this thread are appended to ``into``."""
+    previous = getattr(_collector, "refs", None)
+    _collector.refs = into
+    try:
+        yield into
+    finally:
+        _collector.refs = previous
+
+
+def note_ref(ref: Any) -> bool:
+    """Record a ref being pickled; False when nobody collects (the owner must then pin it)."""
+    refs = getattr(_collector, "refs", None)
+    if refs is None:
+        return False
+    refs.append(ref)
+    return True
 
 
 def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:

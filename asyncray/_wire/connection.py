@@ -200,6 +200,7 @@ async def connect(
     role: str,
     token: str = "",
     peer_id: bytes = b"",
+    listen_address: str = "",
     name: str = "",
     on_close: Callable[[Connection], None] | None = None,
 ) -> Connection:
@@ -216,7 +217,7 @@ async def connect(
     else:
         assert isinstance(target, tuple)
         _, conn = await loop.create_connection(factory, target[0], target[1])
-    conn.send(Hello(role=role, token=token, peer_id=peer_id))
+    conn.send(Hello(role=role, token=token, peer_id=peer_id, address=listen_address))
     return conn
 
 

@@ -90,6 +90,7 @@ class Hello(Message):
     role: str
     token: str = ""
     peer_id: bytes = b""
+    address: str = ""  # where the caller itself listens (so replies can find it)
 
 
 # ---------------------------------------------------------------- worker <-> node
@@ -471,3 +472,12 @@ class ReserveSpace(Message):
 
     rid: int
     size: int
+
+
+@message("borrow")
+@dataclass(slots=True)
+class Borrow(Message):
+    """A borrower tells an object's owner it now holds (``add``) or dropped refs to these objects."""
+
+    add: list[bytes]
+    drop: list[bytes]

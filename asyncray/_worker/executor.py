@@ -221,6 +221,15 @@ def decode_args(core: Any, msg: m.PushTask) -> tuple[list[Any], dict[str, Any]]:
 
 def encode_results(core: Any, msg: m.PushTask, value: Any) -> list[Any]:
     """One descriptor per return id; a wrong number of values is the user's error."""
+    contained: list[Any] = []
+    with ser.collecting_refs(contained):
+        descs = _encode_values(core, msg, value)
+    for ref in contained:  # refs inside results: the caller borrows them later, so pin them
+        core.ref_escaped(ref.id)
+    return descs
+
+
+def _encode_values(core: Any, msg: m.PushTask, value: Any) -> list[Any]:
     ids = msg.return_ids
     if len(ids) == 1:
         return [ser.make_descriptor(value, core.store, ids[0])]

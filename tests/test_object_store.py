@@ -1,0 +1,179 @@
+"""The shared-memory object store seen from user code: zero-copy, freeing, spilling, crashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+import pytest
+
+import asyncray
+from asyncray import exceptions as exc
+from conftest import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _store_dir() -> str:
+    core = asyncray._client.context.get_core()
+    return core.store.directory
+
+
+def _store_bytes() -> int:
+    d = _store_dir()
+    return sum(e.stat().st_size for e in os.scandir(d) if not e.name.startswith("segment-"))
+
+
+def _spill_dir() -> str:
+    return asyncray._client.context.get_core().store.spill_dir
+
+
+@asyncray.remote
+def checksum(a):
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+@asyncray.remote
+def hold_then_read(nested, seconds):
+    time.sleep(seconds)
+    return float(asyncray.get(nested[0]).sum())
+
+
+@asyncray.remote
+class Keeper:
+    def __init__(self):
+        self.kept = None
+
+    def keep(self, nested):
+        self.kept = nested
+
+    def total(self):
+        return float(asyncray.get(self.kept[0]).sum())
+
+    def drop(self):
+        self.kept = None
+
+
+def test_large_get_is_zero_copy_and_read_only(ray):
+    a = np.arange(20_000_000, dtype=np.float64)  # 160 MB
+    ref = ray.put(a)
+    t = time.perf_counter()
+    b = ray.get(ref)
+    elapsed = time.perf_counter() - t
+    assert elapsed < 0.05
+    assert not b.flags.writeable
+    assert b[-1] == a[-1] and b.shape == a.shape
+    base = b
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    assert "mmap" in repr(type(getattr(base, "obj", base))) or isinstance(base, memoryview)
+    small = ray.put(np.arange(200_000, dtype=np.float64))
+    t = time.perf_counter()
+    ray.get(small)
+    assert time.perf_counter() - t < 0.05  # about the same whatever the size
+
+
+def test_put_and_drop_keeps_the_store_near_its_baseline(ray):
+    base = _store_bytes()
+    chunk = np.ones(10 * 2**20 // 8)  # 10 MB
+    peak = 0
+    for i in range(1000):
+        ref = ray.put(chunk)
+        del ref
+        if i % 50 == 0:
+            peak = max(peak, _store_bytes() - base)
+    assert peak <= 30 * 2**20, f"store grew by {peak / 2**20:.0f} MB while objects were dropped"
+    assert wait_for(lambda: _store_bytes() - base <= 10 * 2**20, 5)
+
+
+def test_refs_nested_in_arguments_stay_alive_while_the_task_runs(ray):
+    big = ray.put(np.ones(1_000_000))  # 8 MB: in the store
+    path = os.path.join(_store_dir(), big.hex())
+    result = hold_then_read.remote([big], 0.5)
+    del big  # only the running task's argument holds it now
+    assert ray.get(result) == 1_000_000.0
+    assert wait_for(lambda: not os.path.exists(path), 5), "the object outlived every reference"
+
+
+def test_an_actor_keeps_a_ref_it_stores(ray):
+    big = ray.put(np.full(1_000_000, 2.0))
+    path = os.path.join(_store_dir(), big.hex())
+    keeper = Keeper.remote()
+    ray.get(keeper.keep.remote([big]))
+    del big
+    time.sleep(0.3)
+    assert os.path.exists(path)
+    assert ray.get(keeper.total.remote()) == 2_000_000.0
+    ray.get(keeper.drop.remote())
+    assert wait_for(lambda: not os.path.exists(path), 5), "the actor dropped the last ref but the object stayed"
+
+
+def test_refs_inside_a_stored_value_live_as_long_as_it(ray):
+    inner = ray.put(np.full(1_000_000, 3.0))
+    path = os.path.join(_store_dir(), inner.hex())
+    outer = ray.put({"inner": inner})
+    del inner
+    time.sleep(0.2)
+    assert os.path.exists(path)
+    assert float(ray.get(ray.get(outer)["inner"]).sum()) == 3_000_000.0
+    del outer
+    assert wait_for(lambda: not os.path.exists(path), 5)
+
+
+def test_available_object_store_memory_is_reported(ray):
+    limit = ray.cluster_resources()["object_store_memory"]
+    ref = ray.put(np.ones(50 * 2**20 // 8))  # 50 MB
+
+    def used() -> float:
+        return limit - ray.available_resources()["object_store_memory"]
+
+    assert wait_for(lambda: used() >= 50 * 2**20, 5), used()
+    del ref
+    assert wait_for(lambda: used() < 50 * 2**20, 5), used()
+
+
+def test_spilling_keeps_every_object_intact():
+    asyncray.shutdown()  # this test needs a small store of its own
+    asyncray.init(num_cpus=1, object_store_memory=64 * 2**20)
+    try:
+        arrays = [np.random.default_rng(i).random(2 * 2**20) for i in range(12)]  # 12 x 16 MB
+        sums = [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
+        refs = [asyncray.put(a) for a in arrays]
+        del arrays
+        assert os.listdir(_spill_dir()), "nothing was spilled although the data is 3x the store"
+        assert _store_bytes() <= 64 * 2**20
+        assert [hashlib.sha256(v.tobytes()).hexdigest() for v in asyncray.get(refs)] == sums
+        assert asyncray.get([checksum.remote(r) for r in refs]) == sums  # workers read spilled ones too
+        big = asyncray.put(np.ones(10 * 2**20))  # 80 MB: larger than the whole store
+        assert asyncray.get(big).sum() == 10 * 2**20
+    finally:
+        asyncray.shutdown()
+
+
+def test_a_worker_dying_mid_write_leaves_nothing_visible():
+    asyncray.shutdown()
+    asyncray.init(num_cpus=1)
+    try:
+        @asyncray.remote(max_retries=0)
+        def die_while_writing():
+            import asyncray._store.shm as shm
+
+            real = shm.os.pwrite
+
+            def pwrite_then_die(fd, data, off):
+                real(fd, memoryview(data)[: 1 << 20], off)
+                os._exit(1)
+
+            shm.os.pwrite = pwrite_then_die
+            return np.ones(4 * 2**20)  # 32 MB: goes to the store
+
+        ref = die_while_writing.remote()
+        with pytest.raises(exc.WorkerCrashedError):
+            asyncray.get(ref, timeout=30)
+        store = _store_dir()
+        assert not os.path.exists(os.path.join(store, ref.hex()))
+        assert wait_for(lambda: not [n for n in os.listdir(store) if n.endswith(".tmp")], 10), os.listdir(store)
+    finally:
+        asyncray.shutdown()
