@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 import asyncray
 from asyncray import exceptions as exc
-from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -158,7 +158,7 @@ def test_a_worker_dying_mid_write_leaves_nothing_visible():
     try:
         @asyncray.remote(max_retries=0)
         def die_while_writing():
-            import asyncray._store.shm as shm
+            from asyncray._store import shm
 
             real = shm.os.pwrite
 
