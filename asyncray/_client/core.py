@@ -59,6 +59,7 @@ MAX_REDIRECTS = 3
 # one at a time, so a long task never holds up another behind it.
 SHORT_TASK_S = 0.002
 PIPELINE_DEPTH = 4
+ASYNC_TASKS_PER_WORKER = 100
 
 
 class _Entry:
@@ -840,11 +841,19 @@ class Core:
             self._finish(spec, [desc] * len(spec.return_ids))
 
     def _fill(self, lease: _Lease) -> None:
-        """Give a lease its next task, and more behind it while they are known to be short."""
+        """Give a lease its next task, and more behind it while they are known to be short.
+
+        ``async def`` tasks share their worker's event loop: up to ASYNC_TASKS_PER_WORKER of
+        them run at once on one leased worker (they wait on I/O, not on the CPU).
+        """
         tasks = lease.queue.tasks
         depth = 1 if lease.queue.strategy is not None else PIPELINE_DEPTH  # SPREAD means one each
         while tasks:
-            if lease.inflight and not (lease.inflight < depth and 0 <= tasks[0].fn.avg_s < SHORT_TASK_S):
+            nxt = tasks[0].fn
+            if lease.inflight and not (
+                (nxt.is_async and lease.inflight < ASYNC_TASKS_PER_WORKER and lease.queue.strategy is None)
+                or (lease.inflight < depth and 0 <= nxt.avg_s < SHORT_TASK_S)
+            ):
                 return
             self._push(lease, tasks.popleft())
 

@@ -20,12 +20,13 @@ class ObjectRef:
     ref is a borrower and asks the owner for it.
     """
 
-    __slots__ = ("__weakref__", "_core", "_id", "_owner")
+    __slots__ = ("__weakref__", "_callbacks", "_core", "_id", "_owner")
 
     def __init__(self, object_id: bytes, owner: str, core: Core | None) -> None:
         self._id = object_id
         self._owner = owner
         self._core = core
+        self._callbacks: dict[Any, Any] | None = None
         if core is not None:
             core.incref(object_id, owner)
 
@@ -82,6 +83,43 @@ class ObjectRef:
             yield from core._ready_future(self).__await__()
         yield from core.localize_refs([self]).__await__()
         return core.load(self)
+
+    # ---- the part of asyncio's Future protocol that ``asyncio.wait(refs)`` uses
+    def done(self) -> bool:
+        """True once the value (or error) is known here."""
+        return self._require_core().is_ready(self)
+
+    def cancelled(self) -> bool:
+        """Refs are never cancelled as futures (use ``asyncray.cancel``)."""
+        return False
+
+    def result(self) -> Any:
+        """The value of a done ref (raises its error)."""
+        return self._require_core().load(self)
+
+    def exception(self) -> BaseException | None:
+        """The error of a done ref, or None."""
+        try:
+            self.result()
+        except BaseException as exc:
+            return exc
+        return None
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        """Call ``fn(ref)`` on the running loop once the ref is done."""
+        fut = self._require_core()._ready_future(self)
+        if self._callbacks is None:
+            self._callbacks = {}
+        self._callbacks[fn] = fut
+        fut.add_done_callback(lambda _f: fn(self))
+
+    def remove_done_callback(self, fn: Any) -> int:
+        """Forget a callback added with ``add_done_callback``."""
+        fut = (self._callbacks or {}).pop(fn, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+            return 1
+        return 0
 
     def future(self) -> concurrent.futures.Future[Any]:
         """A ``concurrent.futures.Future`` that resolves to the value (or the task's error)."""

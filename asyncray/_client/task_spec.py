@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ class FunctionDescriptor:
     blob: bytes
     fn_id: bytes
     avg_s: float = -1.0  # running average of how long a call takes on a worker; -1: unknown
+    is_async: bool = False  # an ``async def`` function: many can share one worker's loop
 
     @classmethod
     def of(cls, obj: Any, name: str) -> FunctionDescriptor:
@@ -41,7 +43,10 @@ class FunctionDescriptor:
             blob = ser.dumps_function(obj)
         except Exception as exc:
             raise SerializationError(f"{name} cannot be pickled for remote execution: {exc}") from exc
-        return cls(name=name, blob=blob, fn_id=hashlib.blake2b(blob, digest_size=16).digest())
+        return cls(
+            name=name, blob=blob, fn_id=hashlib.blake2b(blob, digest_size=16).digest(),
+            is_async=inspect.iscoroutinefunction(obj),
+        )
 
 
 @dataclass(slots=True, eq=False)
