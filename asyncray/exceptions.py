@@ -99,7 +99,7 @@ class TaskError(AsyncRayError):
     def __reduce__(self) -> Any:
         cause = self.cause
         if cause is None:
-            return (make_task_error, (None, self.function_name, self.traceback_text))
+            return (_make_task_error, (None, self.function_name, self.traceback_text))
         # Rebuild the cause without calling its __init__: user exceptions often take other
         # arguments than the ``args`` they store, and would not unpickle the usual way.
         state = dict(getattr(cause, "__dict__", {}))
@@ -108,7 +108,7 @@ class TaskError(AsyncRayError):
     @classmethod
     def wrap(cls, cause: BaseException, function_name: str, traceback_text: str) -> TaskError:
         """Build the error raised to the caller: a TaskError that is also a ``type(cause)``."""
-        return make_task_error(cause, function_name, traceback_text)
+        return _make_task_error(cause, function_name, traceback_text)
 
 
 @functools.lru_cache(maxsize=256)
@@ -131,10 +131,10 @@ def _rebuild_task_error(
         cause.__dict__.update(state)
     except AttributeError:
         pass
-    return make_task_error(cause, function_name, traceback_text)
+    return _make_task_error(cause, function_name, traceback_text)
 
 
-def make_task_error(cause: BaseException | None, function_name: str, traceback_text: str) -> TaskError:
+def _make_task_error(cause: BaseException | None, function_name: str, traceback_text: str) -> TaskError:
     """Instantiate the dual class without calling the user's ``__init__`` (its signature is unknown)."""
     cls = _dual_class(type(cause)) if cause is not None else TaskError
     err = Exception.__new__(cls)

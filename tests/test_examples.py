@@ -60,7 +60,7 @@ def _session_dirs(pid: int) -> list[str]:
     )
 
 
-def run_example(name: str, *, cwd: Path = REPO, scale: float | None = None) -> subprocess.CompletedProcess[str]:
+def run_example(name: str, *, cwd: Path = EXAMPLES, scale: float | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``examples/<name>`` to completion; assert it exits 0 and cleans up after itself."""
     tag = uuid.uuid4().hex
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{TAG_VAR: tag})
@@ -132,11 +132,11 @@ def test_seed000_tip1_delay_get() -> None:
 
 
 def test_seed000_tip2_tiny_tasks() -> None:
-    out = run_example("seed000_tip2_tiny_tasks.py", scale=0.1).stdout
+    out = run_example("seed000_tip2_tiny_tasks.py", scale=0.2).stdout
     sequential, tiny_remote, mega = durations(out)
-    assert sequential > 1.0  # 10,000 x 0.1 ms sleeps
+    assert sequential > 2.0  # 20,000 x 0.1 ms sleeps
     assert tiny_remote > 0
-    # 10 mega_work tasks of 1000 tiny calls each run four at a time: faster than one by one.
+    # 20 mega_work tasks of 1000 tiny calls each run four at a time: faster than one by one.
     assert mega < sequential
     m = re.search(r"per task overhead \(ms\) = ([0-9.e-]+)", out)
     assert m, out
@@ -195,12 +195,13 @@ def test_seed002_core_by_example() -> None:
     assert runtimes[0] >= 2.8 and bodies[0] == DATA
     assert bodies[1] == DATA
     assert runtimes[1] < 2.4, "retrieve_task must run in parallel (about 1.6 s on 2 CPUs)"
-    # ray.wait loop: results arrive in batches, in order, then the whole list.
+    # ray.wait loop: results arrive as they finish (not necessarily in submission order: asyncray
+    # may start a later task first when tasks queue for 2 CPUs), then the whole list.
     waited = [line for body in bodies[2:-1] for line in body]
-    assert waited == DATA
+    assert sorted(waited) == DATA
     assert runtimes[2:-1] == sorted(runtimes[2:-1])
     tail = bodies[-1]
-    assert tail[:8] == DATA
+    assert tail[:8] == waited
     assert runtimes[-1] < 2.4
     assert tail[8:12] == [
         "((0, 'Learning'), (1, 'Ray'))",
@@ -246,6 +247,7 @@ def test_seed003_gsod_actors_without_data(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 1
     assert "make_gsod_sample.py" in proc.stderr

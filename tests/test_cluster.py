@@ -1,0 +1,636 @@
+"""Multi-node clusters made with the real ``asyncray`` CLI, each process on its own port and store.
+
+Every cluster here is started with ``python -m asyncray.cli start`` in subprocesses and stopped
+with ``asyncray stop``; afterwards no daemon or worker it started may be left, nor any of the
+shared-memory directories its nodes used. Drivers run as subprocess scripts, so this test
+process never calls ``init``.
+
+Each cluster gets a private TMPDIR, so its ``cluster.json`` and token file (which live under
+the temp directory) never meet those of another cluster, or of anyone else's on this machine.
+Clusters in this module still run one at a time (the machine has two cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from conftest import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+RESULT = "RESULT "
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class Cluster:
+    """One cluster on this machine, driven through the CLI with a TMPDIR of its own."""
+
+    def __init__(self, tmpdir: str, *, prefix: tuple[str, ...] = ()) -> None:
+        self.tmpdir = tmpdir
+        self.prefix = list(prefix)  # e.g. ("ip", "netns", "exec", NAME)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCRAY_")}
+        self.env.update(TMPDIR=tmpdir, PYTHONUNBUFFERED="1")
+        self.sessions = os.path.join(tmpdir, "asyncray-sessions")
+        self.address = ""
+        self.tracked: list[psutil.Process] = []
+        self.stopped = False
+
+    # ------------------------------------------------------------ CLI
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60, prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [*(self.prefix if prefix is None else prefix), sys.executable, "-m", "asyncray.cli", *args]
+        proc = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=timeout, env={**self.env, **(env or {})}, cwd=self.tmpdir,
+        )
+        if check:
+            assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def start_head(self, port: int, *extra: str, **kw: Any) -> str:
+        out = self.cli("start", "--head", "--port", str(port), *extra, **kw).stdout
+        found = re.search(r"head at (\S+?) ", out)
+        assert found, out
+        self.address = found.group(1)
+        return out
+
+    def start_node(self, *extra: str, **kw: Any) -> str:
+        return self.cli("start", "--address", self.address, *extra, **kw).stdout
+
+    def info(self) -> dict[str, Any]:
+        with open(os.path.join(self.sessions, "cluster.json")) as f:
+            return json.load(f)
+
+    def token(self) -> str:
+        with open(os.path.join(self.sessions, "cluster_token")) as f:
+            return f.read().strip()
+
+    def status(self) -> str:
+        return self.cli("status", timeout=30).stdout
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Nodes as ``status`` prints them: id prefix, state, address, resource totals."""
+        out: list[dict[str, Any]] = []
+        for line in self.status().splitlines():
+            head = re.match(r"\s+node (\w+)\s+(ALIVE|DEAD)\s+(\S+)", line)
+            if head:
+                out.append({"id": head.group(1), "state": head.group(2), "address": head.group(3), "resources": {}})
+                continue
+            res = re.match(r"\s+(\S+)\s+(\S+) used / (\S+) total", line)
+            if res and out:
+                out[-1]["resources"][res.group(1)] = res.group(3)
+        return out
+
+    # ------------------------------------------------------------ processes
+    def daemon_pids(self, role: str | None = None) -> list[int]:
+        return [p["pid"] for p in self.info()["processes"] if role is None or p["role"] == role]
+
+    def processes(self) -> list[psutil.Process]:
+        """Daemons and workers of this cluster: recorded pids, their descendants, and any
+        asyncray daemon/worker that carries this cluster's TMPDIR (orphans included)."""
+        found: dict[int, psutil.Process] = {}
+        pids = set()
+        with contextlib.suppress(OSError, ValueError):
+            pids = set(self.daemon_pids())
+        for p in psutil.process_iter():
+            cmd = _cmdline(p)
+            if "asyncray._daemon" not in cmd and "asyncray._worker" not in cmd:
+                continue
+            try:
+                mine = p.pid in pids or any(a.pid in pids for a in p.parents())
+                mine = mine or p.environ().get("TMPDIR") == self.tmpdir
+            except psutil.Error:
+                continue
+            if mine and _alive(p):
+                found[p.pid] = p
+        return list(found.values())
+
+    def track(self) -> None:
+        """Remember every process of the cluster seen now (checked to be gone after stop)."""
+        known = {p.pid for p in self.tracked}
+        self.tracked += [p for p in self.processes() if p.pid not in known]
+
+    def dirs(self) -> list[str]:
+        out = []
+        with contextlib.suppress(OSError, ValueError):
+            for p in self.info()["processes"]:
+                out += [p["store_dir"], p["session_dir"]]
+        return out
+
+    def stop(self) -> subprocess.CompletedProcess[str]:
+        """``asyncray stop``; then nothing of the cluster may be left."""
+        self.track()
+        dirs = self.dirs()
+        shm = [d for d in dirs if d.startswith("/dev/shm/")]
+        assert all(re.match(r"/dev/shm/asyncray-(head|node)-", d) for d in shm), shm
+        proc = self.cli("stop", check=False, timeout=60)
+        self.stopped = True
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        left = lambda: [p for p in self.tracked + self.processes() if _alive(p)]
+        assert wait_for(lambda: not left(), timeout=10), [(p.pid, _cmdline(p)) for p in left()]
+        assert not [d for d in dirs if os.path.exists(d)], f"left behind: {[d for d in dirs if os.path.exists(d)]}"
+        assert not os.path.exists(os.path.join(self.sessions, "cluster.json"))
+        assert not os.path.exists(os.path.join(self.sessions, "cluster_token"))
+        return proc
+
+    def force_cleanup(self) -> None:
+        """Last resort after a failed test: kill whatever is left, remove the stores."""
+        with contextlib.suppress(Exception):
+            self.cli("stop", check=False, timeout=60)
+        for p in self.tracked + self.processes():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        for d in self.dirs() + glob.glob(os.path.join(self.sessions, "*")):
+            shutil.rmtree(d, ignore_errors=True)
+
+    # ------------------------------------------------------------ drivers
+    def driver(
+        self, code: str, *, env: dict[str, str] | None = None, timeout: float = 90, prefix: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Run a driver script after PRELUDE; it prints ``RESULT {json}`` (``result(...)``)."""
+        cmd = [*(self.prefix if prefix is None else prefix), sys.executable, "-c", PRELUDE + textwrap.dedent(code)]
+        proc = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=timeout, env={**self.env, **(env or {})}, cwd=self.tmpdir,
+        )
+        return parse_result(proc)
+
+
+def parse_result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    assert proc.returncode == 0 and lines, f"driver failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(lines[-1][len(RESULT):])
+
+
+@contextlib.contextmanager
+def new_cluster(*, prefix: tuple[str, ...] = ()) -> Iterator[Cluster]:
+    """A cluster with a TMPDIR of its own; stopped and checked for leftovers at the end."""
+    tmpdir = tempfile.mkdtemp(prefix="arc-")  # short: Unix socket paths live under it
+    c = Cluster(tmpdir, prefix=prefix)
+    ok = False
+    try:
+        yield c
+        ok = True
+    finally:
+        try:
+            if ok and not c.stopped and os.path.exists(os.path.join(c.sessions, "cluster.json")):
+                c.stop()
+        finally:
+            c.force_cleanup()
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+PRELUDE = """
+import hashlib, json, os, sys, time
+import numpy as np
+import asyncray
+from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+def result(**kw):
+    print("RESULT " + json.dumps(kw), flush=True)
+"""
+
+
+# ====================================================================== a two-node cluster
+class TestTwoNodes:
+    """A head (2 CPUs) plus a node with 1 CPU and ``special: 1``, shared by these tests."""
+
+    @pytest.fixture(scope="class")
+    def cluster(self) -> Iterator[Cluster]:
+        with new_cluster() as c:
+            c.start_head(free_port(), "--num-cpus", "2")
+            c.start_node("--num-cpus", "1", "--resources", '{"special": 1}')
+            yield c
+            c.stop()
+
+    def test_status_lists_both_nodes(self, cluster: Cluster) -> None:
+        nodes = cluster.nodes()
+        assert len(nodes) == 2, cluster.status()
+        assert all(n["state"] == "ALIVE" for n in nodes)
+        head, special = sorted(nodes, key=lambda n: "special" in n["resources"])
+        assert head["resources"]["CPU"] == "2" and "special" not in head["resources"]
+        assert special["resources"]["CPU"] == "1" and special["resources"]["special"] == "1"
+        assert cluster.address in cluster.status()
+        info = cluster.info()
+        assert [p["role"] for p in info["processes"]] == ["head", "node"]
+        assert oct(os.stat(os.path.join(cluster.sessions, "cluster_token")).st_mode & 0o777) == "0o600"
+
+    def test_custom_resource_big_object_and_spread(self, cluster: Cluster) -> None:
+        res = cluster.driver("""
+            asyncray.init(address="auto")
+            nodes = {n["NodeID"]: n for n in asyncray.nodes()}
+            special = [k for k, n in nodes.items() if n["Resources"].get("special")]
+            head = [k for k, n in nodes.items() if not n["Resources"].get("special")]
+
+            @asyncray.remote(resources={"special": 1})
+            def where():
+                return asyncray.get_runtime_context().get_node_id()
+
+            @asyncray.remote(resources={"special": 1})
+            def make():
+                a = np.random.default_rng(7).random(25_000_000)
+                return a
+
+            @asyncray.remote
+            def digest(a):
+                return asyncray.get_runtime_context().get_node_id(), hashlib.sha256(a.tobytes()).hexdigest()
+
+            @asyncray.remote(resources={"special": 1})
+            def digest_there(a):
+                return hashlib.sha256(a.tobytes()).hexdigest()
+
+            @asyncray.remote(scheduling_strategy="SPREAD")
+            def nap():
+                time.sleep(0.3)
+                return asyncray.get_runtime_context().get_node_id()
+
+            ran_on = asyncray.get([where.remote() for _ in range(3)])
+            ref = make.remote()
+            t0 = time.perf_counter()
+            there = asyncray.get(digest_there.remote(ref))
+            node, remote_sum = asyncray.get(
+                digest.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head[0], soft=False)).remote(ref)
+            )
+            local = asyncray.get(ref)
+            elapsed = time.perf_counter() - t0
+            spread = asyncray.get([nap.remote() for _ in range(6)])
+            result(special=special, head=head, ran_on=ran_on, there=there, consumer=node, remote_sum=remote_sum,
+                   local_sum=hashlib.sha256(local.tobytes()).hexdigest(), shape=list(local.shape),
+                   driver_node=asyncray.get_runtime_context().get_node_id(), spread=spread, elapsed=elapsed)
+        """)
+        assert len(res["special"]) == 1 and len(res["head"]) == 1
+        special, head = res["special"][0], res["head"][0]
+        assert set(res["ran_on"]) == {special}
+        assert res["consumer"] == head
+        assert res["shape"] == [25_000_000]
+        assert res["there"] == res["remote_sum"] == res["local_sum"]
+        assert set(res["spread"]) == {special, head}, res["spread"]
+
+    def test_asyncray_address_env(self, cluster: Cluster) -> None:
+        res = cluster.driver("""
+            asyncray.init()
+
+            @asyncray.remote(resources={"special": 1})
+            def f(x):
+                return x + 1
+
+            result(n=len(asyncray.nodes()), value=asyncray.get(f.remote(41)))
+        """, env={"ASYNCRAY_ADDRESS": cluster.address})
+        assert res["n"] == 2 and res["value"] == 42
+
+    # -------------------------------------------------------------- security
+    def test_wrong_token_is_refused_quickly(self, cluster: Cluster) -> None:
+        res = cluster.driver(f"""
+            t0 = time.monotonic()
+            try:
+                asyncray.init(address="{cluster.address}", token="wrong")
+            except Exception as exc:
+                result(error=type(exc).__name__, message=str(exc), elapsed=time.monotonic() - t0)
+            else:
+                result(error=None, elapsed=time.monotonic() - t0)
+        """, timeout=60)
+        assert res["error"] is not None, "a wrong token was accepted"
+        assert res["elapsed"] < 15
+        assert re.search(r"token|did not answer", res["message"]), res["message"]
+        t0 = time.monotonic()
+        st = cluster.cli("status", "--token", "wrong", check=False, timeout=30)
+        assert st.returncode != 0 and time.monotonic() - t0 < 15, st.stdout + st.stderr
+        assert "ALIVE" not in st.stdout
+
+    def test_node_with_wrong_token_cannot_join(self, cluster: Cluster) -> None:
+        before = set(os.listdir(cluster.sessions))
+        cmd = [sys.executable, "-m", "asyncray.cli", "start", "--address", cluster.address, "--num-cpus", "1",
+               "--token", "wrong"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
+                                cwd=cluster.tmpdir)
+        out, err = proc.communicate(timeout=40)
+        assert proc.returncode == 1, out + err
+        assert "token" in out, out
+        # what the failed node made is gone: its store, its session directory
+        assert not glob.glob(f"/dev/shm/asyncray-node-{proc.pid}-*")
+        assert set(os.listdir(cluster.sessions)) == before
+        assert [n["state"] for n in cluster.nodes()] == ["ALIVE", "ALIVE"]
+
+    def test_garbage_closes_only_that_connection(self, cluster: Cluster) -> None:
+        from asyncray._wire import messages as m
+        from asyncray._wire.codec import encode
+
+        nodes = cluster.nodes()
+        ports = {"head": int(cluster.address.rpartition(":")[2])}
+        for n in nodes:
+            ports[f"node {n['id']}"] = int(n["address"].rpartition(":")[2])
+        for i, port in enumerate(worker_ports(cluster)):
+            ports[f"worker {i}"] = port
+        assert any(k.startswith("worker") for k in ports), "no worker listens on TCP"
+        payloads = {
+            "garbage": b"\x00\x00\x00\x05hello",
+            "http": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "oversized length": b"\xff\xff\xff\xff" + b"x" * 64,
+            "bad msgpack": b"\x00\x00\x00\x08" + b"\xc1" * 8,
+            "request without hello": encode(m.GetClusterState(rid=1)),
+            "hello with wrong token": encode(m.Hello(role="driver", token="wrong", peer_id=b""))
+            + encode(m.GetClusterState(rid=1)),
+        }
+        for what, port in ports.items():
+            for kind, payload in payloads.items():
+                assert closed_without_answer(port, payload), f"{what} (port {port}) kept a connection after {kind}"
+        # the services still serve
+        assert [n["state"] for n in cluster.nodes()] == ["ALIVE", "ALIVE"]
+        res = cluster.driver("""
+            asyncray.init(address="auto")
+
+            @asyncray.remote
+            def f(x):
+                return x * 2
+
+            @asyncray.remote(resources={"special": 1})
+            def g(x):
+                return x * 3
+
+            result(v=asyncray.get([f.remote(1), g.remote(2)]))
+        """)
+        assert res["v"] == [2, 6]
+
+
+def worker_ports(cluster: Cluster) -> list[int]:
+    """TCP ports the cluster's workers listen on."""
+    ports = []
+    for p in cluster.processes():
+        if "asyncray._worker" not in _cmdline(p):
+            continue
+        with contextlib.suppress(psutil.Error):
+            for c in p.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN:
+                    ports.append(c.laddr.port)
+    return ports
+
+
+def closed_without_answer(port: int, payload: bytes, host: str = "127.0.0.1") -> bool:
+    """Send ``payload``; True when the peer closes the connection without sending anything."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        s.settimeout(5)
+        got = b""
+        try:
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    break
+                got += data
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return False
+        return got == b""
+
+
+# ====================================================================== CLI end to end
+def test_status_then_stop_leaves_nothing() -> None:
+    with new_cluster() as c:
+        out = c.start_head(free_port(), "--num-cpus", "2")
+        assert "asyncray.init(address='auto')" in out
+        c.start_node("--num-cpus", "1", "--resources", '{"special": 1}')
+        nodes = c.nodes()
+        assert sorted((n["state"], n["resources"]["CPU"], n["resources"].get("special")) for n in nodes) == [
+            ("ALIVE", "1", "1"), ("ALIVE", "2", None)
+        ]
+        c.track()
+        assert len([p for p in c.tracked if "asyncray._worker" in _cmdline(p)]) >= 3, "workers were not prestarted"
+        stores = [d for d in c.dirs() if d.startswith("/dev/shm/")]
+        assert len(stores) == 2 and all(os.path.isdir(d) for d in stores)
+        out = c.stop().stdout
+        assert "Stopped 2" in out
+        assert "nothing" in c.cli("stop").stdout  # a second stop is harmless
+        st = c.cli("status", check=False)
+        assert st.returncode != 0
+
+
+# ====================================================================== failures
+DRIVER_NODE_DIES = PRELUDE + """
+asyncray.init(address="auto")
+nodes = {n["NodeID"]: n for n in asyncray.nodes()}
+b_node = [k for k, n in nodes.items() if n["Resources"].get("b")][0]
+marker = sys.argv[1]
+
+@asyncray.remote(resources={"b": 1}, num_cpus=0)
+def produce():
+    return np.ones(1 << 17)  # 1 MiB
+
+@asyncray.remote(resources={"b": 1}, num_cpus=0, max_retries=0)
+def sleeper(path):
+    open(path, "w").close()
+    time.sleep(30)
+    return "finished"
+
+@asyncray.remote(max_retries=1, scheduling_strategy=NodeAffinitySchedulingStrategy(b_node, soft=True))
+def retried(path):
+    me = asyncray.get_runtime_context().get_node_id()
+    if me == b_node:
+        open(path, "w").close()
+        time.sleep(30)
+    return me
+
+obj = produce.remote()
+ready, _ = asyncray.wait([obj], timeout=30)
+assert ready, "produce() did not finish"
+s = sleeper.remote(marker + ".sleep")
+r = retried.remote(marker + ".retry")
+deadline = time.monotonic() + 30
+while not (os.path.exists(marker + ".sleep") and os.path.exists(marker + ".retry")):
+    assert time.monotonic() < deadline, "the tasks did not start on node B"
+    time.sleep(0.02)
+print("READY " + json.dumps({"b_node": b_node}), flush=True)
+sys.stdin.readline()
+
+def outcome(ref, timeout):
+    t0 = time.monotonic()
+    try:
+        v = asyncray.get(ref, timeout=timeout)
+        return {"value": v, "elapsed": time.monotonic() - t0}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)[:500], "elapsed": time.monotonic() - t0,
+                "system_failure": isinstance(exc, asyncray.exceptions.SystemFailure),
+                "mro": [c.__name__ for c in type(exc).__mro__]}
+
+res = {"sleeper": outcome(s, 25), "object": outcome(obj, 15), "retried": outcome(r, 25)}
+asyncray.shutdown()
+result(**res)
+"""
+
+
+def test_node_killed_mid_task() -> None:
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
+        c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
+        b_pid = c.daemon_pids("node")[0]
+        marker = os.path.join(c.tmpdir, "started")
+        drv = subprocess.Popen(
+            [sys.executable, "-c", DRIVER_NODE_DIES, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=c.env, cwd=c.tmpdir,
+        )
+        try:
+            assert drv.stdout is not None and drv.stdin is not None
+            line = drv.stdout.readline()
+            assert line.startswith("READY "), line + drv.communicate(timeout=30)[1]
+            b_node = json.loads(line[6:])["b_node"]
+            c.track()
+            b_workers = [p for p in psutil.Process(b_pid).children(recursive=True)]
+            assert b_workers
+            os.kill(b_pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            drv.stdin.write("go\n")
+            drv.stdin.flush()
+
+            def b_dead() -> bool:
+                return any(n["id"] == b_node[:8] and n["state"] == "DEAD" for n in c.nodes())
+
+            assert wait_for(b_dead, timeout=8, interval=0.2), c.status()
+            dead_after = time.monotonic() - killed_at
+            out, err = drv.communicate(timeout=80)
+            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
+        finally:
+            if drv.poll() is None:
+                drv.kill()
+                drv.wait()
+        assert dead_after < 6, dead_after
+        sl = res["sleeper"]
+        assert sl.get("error") in ("WorkerCrashedError", "NodeDiedError"), sl
+        assert sl["system_failure"] and sl["elapsed"] < 15, sl
+        ob = res["object"]
+        assert ob.get("error") == "ObjectLostError" and ob["system_failure"], ob
+        assert ob["elapsed"] < 15, ob
+        rt = res["retried"]
+        assert rt.get("value") and rt["value"] != b_node, rt  # retried on the head's node
+        # node B's workers went away with it (asyncray stop, at the end, checks its store is gone)
+        assert wait_for(lambda: not [p for p in b_workers if _alive(p)], timeout=10)
+        # the rest of the cluster still works
+        res = c.driver("""
+            asyncray.init(address="auto")
+
+            @asyncray.remote
+            def f():
+                return 5
+
+            result(v=asyncray.get(f.remote()))
+        """)
+        assert res["v"] == 5
+
+
+# ====================================================================== network namespaces
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), check=False, capture_output=True, text=True, timeout=30)
+
+
+@contextlib.contextmanager
+def netns_pair() -> Iterator[tuple[str, str]]:
+    """Two network namespaces joined by a veth pair: 10.231.0.1/24 and 10.231.0.2/24."""
+    if shutil.which("ip") is None:
+        pytest.skip("network namespaces: the 'ip' command (iproute2) is not installed")
+    tag = f"{os.getpid() % 100000}"
+    ns1, ns2 = f"arc{tag}a", f"arc{tag}b"
+    made: list[str] = []
+    try:
+        for ns in (ns1, ns2):
+            r = _run("ip", "netns", "add", ns)
+            if r.returncode != 0:
+                pytest.skip(f"network namespaces cannot be created here: 'ip netns add' said {r.stderr.strip()!r}")
+            made.append(ns)
+        va, vb = f"va{tag}", f"vb{tag}"
+        steps = [
+            ("ip", "link", "add", va, "netns", ns1, "type", "veth", "peer", "name", vb, "netns", ns2),
+            ("ip", "-n", ns1, "addr", "add", "10.231.0.1/24", "dev", va),
+            ("ip", "-n", ns2, "addr", "add", "10.231.0.2/24", "dev", vb),
+            ("ip", "-n", ns1, "link", "set", va, "up"),
+            ("ip", "-n", ns2, "link", "set", vb, "up"),
+            ("ip", "-n", ns1, "link", "set", "lo", "up"),
+            ("ip", "-n", ns2, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            r = _run(*step)
+            if r.returncode != 0:
+                pytest.skip(f"network namespaces: {' '.join(step)!r} failed: {r.stderr.strip()}")
+        yield ns1, ns2
+    finally:
+        for ns in made:
+            _run("ip", "netns", "delete", ns)  # deletes the veth pair with it
+
+
+def test_nodes_in_network_namespaces() -> None:
+    with netns_pair() as (ns1, ns2), new_cluster(prefix=("ip", "netns", "exec", ns1)) as c:
+        in2 = ["ip", "netns", "exec", ns2]
+        port = free_port()
+        c.start_head(port, "--host", "10.231.0.1", "--num-cpus", "1")
+        assert c.address == f"10.231.0.1:{port}"
+        # cluster.json is per machine (per TMPDIR here): the node in ns2 gets its own TMPDIR
+        # and the token by --token, and is started and stopped separately.
+        node_tmp = tempfile.mkdtemp(prefix="arc-")
+        other = Cluster(node_tmp, prefix=tuple(in2))
+        try:
+            other.cli("start", "--address", c.address, "--host", "10.231.0.2", "--num-cpus", "1",
+                      "--resources", '{"far": 1}', "--token", c.token())
+            nodes = c.nodes()
+            assert sorted(n["address"].rpartition(":")[0] for n in nodes) == ["10.231.0.1", "10.231.0.2"], nodes
+            res = c.driver("""
+                asyncray.init(address="auto")
+
+                @asyncray.remote(resources={"far": 1})
+                def make():
+                    return asyncray.get_runtime_context().get_node_id(), np.random.default_rng(3).random(2_500_000)
+
+                @asyncray.remote(resources={"far": 1})
+                def digest(a):
+                    return hashlib.sha256(a.tobytes()).hexdigest()
+
+                node, ref = make.options(num_returns=2).remote()
+                there = asyncray.get(digest.remote(ref))
+                here = hashlib.sha256(asyncray.get(ref).tobytes()).hexdigest()
+                result(node=asyncray.get(node), driver_node=asyncray.get_runtime_context().get_node_id(),
+                       there=there, here=here)
+            """)
+            assert res["node"] != res["driver_node"]
+            assert res["there"] == res["here"]
+            far = next(n for n in nodes if n["address"].startswith("10.231.0.2:"))
+            assert res["node"].startswith(far["id"])
+            other.stop()
+        finally:
+            other.force_cleanup()
+            shutil.rmtree(node_tmp, ignore_errors=True)
