@@ -45,6 +45,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _write_ready(path: str, ready: dict[str, object]) -> None:
+    """Tell the CLI we serve: the file appears whole (written aside, then renamed)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(ready, f)
+    os.replace(tmp, path)
+
+
 async def serve(args: argparse.Namespace) -> None:
     """Start the services, report readiness, wait for a stop signal, stop the services."""
     token = os.environ.get("ASYNCRAY_TOKEN", "")
@@ -58,8 +66,8 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         if args.head:
             head = HeadService(f"{args.host}:{args.port}", token=token, node_timeout_s=args.node_timeout)
+            services.append(head)  # before start: a start that fails half-way is still stopped
             await head.start()
-            services.append(head)
             head_address = head.address
         else:
             head_address = args.address
@@ -76,8 +84,10 @@ async def serve(args: argparse.Namespace) -> None:
                 listen_host=args.host,
             )
         )
-        await node.start()
+        # Listed before it starts: the node makes its store directory when it is built, and
+        # a node that then fails to start (head unreachable, bad token) must still remove it.
         services.append(node)
+        await node.start()
         dashboard_url = None
         if head is not None and args.include_dashboard:
             from asyncray.dashboard import start_dashboard
@@ -90,10 +100,7 @@ async def serve(args: argparse.Namespace) -> None:
             "node_address": node.address, "session_dir": session_dir, "store_dir": node.config.store_dir,
             "dashboard_url": dashboard_url,
         }
-        tmp = args.ready_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(ready, f)
-        os.replace(tmp, args.ready_file)
+        _write_ready(args.ready_file, ready)
         await stop.wait()
     finally:
         for service in reversed(services):
@@ -105,11 +112,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        import uvloop
-
-        uvloop.run(serve(args))
-    except ImportError:
-        asyncio.run(serve(args))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(args))
+        else:
+            uvloop.run(serve(args))
+    except (OSError, ConnectionError) as exc:  # say what went wrong in one line, not a traceback
+        if args.head:
+            log.error("cannot start the head at %s:%s: %s", args.host, args.port, exc)
+        else:
+            log.error(
+                "cannot join the head at %s: %s (is the head running there, and is the token right?)",
+                args.address, exc or type(exc).__name__,
+            )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

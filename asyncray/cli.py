@@ -90,9 +90,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         if proc.poll() is not None or time.monotonic() > deadline:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
             with open(os.path.join(log_dir, "daemon.log"), errors="replace") as f:
                 tail = f.read()[-2000:]
             _print(f"asyncray start: the {'head' if args.head else 'node'} did not start:\n{tail}")
+            _remove_leftovers(name, ready_file)
+            if args.head:  # the cluster this start recorded never came up
+                _remove_cluster_files()
             return 1
         time.sleep(0.05)
     with open(ready_file) as f:
@@ -118,11 +122,34 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remove_leftovers(name: str, ready_file: str) -> None:
+    """What a daemon that failed to start may have left: its store, session dir and ready file."""
+    from asyncray._client.runtime import store_dir_for
+
+    store = store_dir_for(name)
+    for path in (store, store + "-spill", os.path.join(_session.SESSIONS_DIR, name)):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (ready_file, ready_file + ".tmp"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _remove_cluster_files() -> None:
+    for path in (_session.CLUSTER_FILE, _session.TOKEN_FILE):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 # ---------------------------------------------------------------- stop
 def cmd_stop(args: argparse.Namespace) -> int:
     """Stop every process ``start`` launched on this machine and remove what they left."""
     info = _session.read_cluster()
     if not info or not info.get("processes"):
+        _remove_cluster_files()  # a head whose start failed may have left them
         _print("asyncray stop: nothing started here is running")
         return 0
     procs = list(reversed(info["processes"]))  # nodes first, the head last
@@ -144,11 +171,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         for key in ("store_dir", "session_dir"):
             if p.get(key):
                 shutil.rmtree(p[key], ignore_errors=True)
-    for path in (_session.CLUSTER_FILE, _session.TOKEN_FILE):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    _remove_cluster_files()
     _print(f"Stopped {len(procs)} asyncray process(es)" + (f" ({killed} had to be killed)." if killed else "."))
     return 0
 
@@ -177,8 +200,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         address = _session.resolve_address(args.address or os.environ.get("ASYNCRAY_ADDRESS") or "auto")
         nodes = asyncio.run(_cluster_state(address, _session.resolve_token(args.token)))
-    except (OSError, asyncio.TimeoutError, TimeoutError) as exc:
-        _print(f"asyncray status: cannot reach the cluster: {exc}")
+    except (OSError, TimeoutError) as exc:
+        _print(f"asyncray status: cannot reach the cluster: {exc} (is it running, and is the token right?)")
         return 1
     alive = [n for n in nodes if n["alive"]]
     _print(f"Cluster at {address}: {len(alive)} node(s) alive, {len(nodes) - len(alive)} dead")
@@ -208,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"disk": 1}\'')
     s.add_argument("--object-store-memory", type=int, help="bytes for the node's object store")
     s.add_argument("--dashboard-port", type=int, default=8265)
-    s.add_argument("--include-dashboard", action=argparse.BooleanOptionalAction, default=False)
+    s.add_argument("--include-dashboard", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--node-timeout", type=float, default=5.0, help="seconds without heartbeat before a node is dead")
     s.add_argument("--token", help="cluster token (default: generated, or ASYNCRAY_TOKEN)")
     s.set_defaults(func=cmd_start)

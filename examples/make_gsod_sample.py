@@ -18,10 +18,34 @@ import sys
 import tarfile
 
 COLUMNS = (
-    "STATION", "DATE", "LATITUDE", "LONGITUDE", "ELEVATION", "NAME", "TEMP", "TEMP_ATTRIBUTES",
-    "DEWP", "DEWP_ATTRIBUTES", "SLP", "SLP_ATTRIBUTES", "STP", "STP_ATTRIBUTES", "VISIB",
-    "VISIB_ATTRIBUTES", "WDSP", "WDSP_ATTRIBUTES", "MXSPD", "GUST", "MAX", "MAX_ATTRIBUTES",
-    "MIN", "MIN_ATTRIBUTES", "PRCP", "PRCP_ATTRIBUTES", "SNDP", "FRSHTT",
+    "STATION",
+    "DATE",
+    "LATITUDE",
+    "LONGITUDE",
+    "ELEVATION",
+    "NAME",
+    "TEMP",
+    "TEMP_ATTRIBUTES",
+    "DEWP",
+    "DEWP_ATTRIBUTES",
+    "SLP",
+    "SLP_ATTRIBUTES",
+    "STP",
+    "STP_ATTRIBUTES",
+    "VISIB",
+    "VISIB_ATTRIBUTES",
+    "WDSP",
+    "WDSP_ATTRIBUTES",
+    "MXSPD",
+    "GUST",
+    "MAX",
+    "MAX_ATTRIBUTES",
+    "MIN",
+    "MIN_ATTRIBUTES",
+    "PRCP",
+    "PRCP_ATTRIBUTES",
+    "SNDP",
+    "FRSHTT",
 )
 
 STATIONS = {
@@ -58,13 +82,38 @@ def station_csv(year: str, key: str, temps: list[float]) -> bytes:
     writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\n")
     writer.writerow(COLUMNS)
     for day, temp in enumerate(temps, start=1):
-        writer.writerow([
-            station, f"{year}-07-{day:02d}", lat, lon, elev, name,
-            f"{temp:.1f}" if round(temp, 1) == temp else f"{temp:.2f}", "24",
-            "45.3", "24", "1012.3", "24", "965.1", "24", "10.0", "24", "5.2", "24",
-            "12.0", "999.9", f"{temp + 12:.1f}", " ", f"{temp - 15:.1f}", " ",
-            "0.00", "G", "999.9", "000000",
-        ])
+        writer.writerow(
+            [
+                station,
+                f"{year}-07-{day:02d}",
+                lat,
+                lon,
+                elev,
+                name,
+                f"{temp:.1f}" if round(temp, 1) == temp else f"{temp:.2f}",
+                "24",
+                "45.3",
+                "24",
+                "1012.3",
+                "24",
+                "965.1",
+                "24",
+                "10.0",
+                "24",
+                "5.2",
+                "24",
+                "12.0",
+                "999.9",
+                f"{temp + 12:.1f}",
+                " ",
+                f"{temp - 15:.1f}",
+                " ",
+                "0.00",
+                "G",
+                "999.9",
+                "000000",
+            ]
+        )
     return out.getvalue().encode()
 
 

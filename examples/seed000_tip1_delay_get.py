@@ -8,7 +8,6 @@ one-line replacements are spelled out as the full statements they replace (``ray
 
 import time
 
-
 def do_some_work(x):
     time.sleep(1) # Replace this with work you need to do.
     return x
@@ -17,6 +16,7 @@ start = time.time()
 results = [do_some_work(x) for x in range(4)]
 print("duration =", time.time() - start, "\nresults = ", results)
 
+import time
 import asyncray as ray
 
 ray.init(num_cpus = 4) # Specify this system has 4 CPUs.

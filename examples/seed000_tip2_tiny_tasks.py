@@ -5,7 +5,7 @@ The tutorial's snippets in order: 100,000 sequential tiny calls, 100,000 tiny re
 Changed from the seed: ``import asyncray as ray`` instead of ``import ray``; ``ray.shutdown()``
 between the two snippets that each call ``ray.init``; and the task counts (100,000 and 100)
 are multiplied by the environment variable ASYNCRAY_EXAMPLE_SCALE (default 1, the seed's
-sizes; the tests use 0.1). The overhead probe keeps its 1000 calls.
+sizes; the tests use 0.2). The overhead probe keeps its 1000 calls.
 """
 
 import os
@@ -13,7 +13,6 @@ import os
 SCALE = float(os.environ.get("ASYNCRAY_EXAMPLE_SCALE", "1"))
 
 import time
-
 
 def tiny_work(x):
     time.sleep(0.0001) # Replace this with work you need to do.
@@ -24,7 +23,6 @@ results = [tiny_work(x) for x in range(int(100000 * SCALE))]
 print("duration =", time.time() - start)
 
 import time
-
 import asyncray as ray
 
 ray.init(num_cpus = 4)
@@ -42,7 +40,6 @@ print("duration =", time.time() - start)
 ray.shutdown()  # added: the next snippet calls ray.init() again
 
 import time
-
 import asyncray as ray
 
 ray.init(num_cpus = 4)

@@ -5,7 +5,7 @@ tasks, then putting it once and passing its ref.
 Changed from the seed: ``import asyncray as ray`` instead of ``import ray``; ``ray.shutdown()``
 between the two snippets (each calls ``ray.init``); and the array's 10000 rows are multiplied by
 the environment variable ASYNCRAY_EXAMPLE_SCALE (default 1, the seed's 160 MB array; the tests
-use 0.1).
+use 0.5).
 """
 
 import os
@@ -13,9 +13,7 @@ import os
 SCALE = float(os.environ.get("ASYNCRAY_EXAMPLE_SCALE", "1"))
 
 import time
-
 import numpy as np
-
 import asyncray as ray
 
 ray.init(num_cpus = 4)
@@ -33,9 +31,7 @@ print("duration =", time.time() - start)
 ray.shutdown()  # added: the next snippet calls ray.init() again
 
 import time
-
 import numpy as np
-
 import asyncray as ray
 
 ray.init(num_cpus = 4)

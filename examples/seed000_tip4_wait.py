@@ -6,9 +6,8 @@ Changed from the seed: ``import asyncray as ray`` instead of ``import ray``, and
 between the two snippets (each calls ``ray.init``).
 """
 
-import random
 import time
-
+import random
 import asyncray as ray
 
 ray.init(num_cpus = 4)
@@ -34,7 +33,7 @@ ray.shutdown()  # added: the next snippet calls ray.init() again
 
 
 import time
-
+import random
 import asyncray as ray
 
 ray.init(num_cpus = 4)

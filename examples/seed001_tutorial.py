@@ -4,12 +4,12 @@ Every snippet of the tutorial, joined in the order it presents them.
 Changed from the seed: ``import asyncray as ray`` instead of ``import ray``; the function bodies,
 which lost their indentation in extraction, are indented again; and the expressions whose value
 the tutorial shows with ``# prints ...`` (an interactive session echoes them) are wrapped in
-``print()`` so that a script shows them too. ``ray.init(num_workers=10)`` and
-``num_return_vals=3`` are the Ray 0.x spellings: asyncray accepts them with a DeprecationWarning.
+``print()`` so that a script shows them too. Lines marked ``# added`` time or print what the
+tutorial's comments describe. ``ray.init(num_workers=10)`` and ``num_return_vals=3`` are the
+Ray 0.x spellings: asyncray accepts them with a DeprecationWarning.
 """
 
 import asyncray as ray
-
 ray.init(num_workers=10)
 
 x = [1, 2, 3]
@@ -32,15 +32,13 @@ x_id = add2.remote(1, 2)
 print(ray.get(x_id)) # prints 3
 
 import time
-
-
 def f1():
     time.sleep(1)
 @ray.remote
 def f2():
     time.sleep(1)
 # The following takes ten seconds.
-start = time.time()  # added: timing, to show the point the comments make
+start = time.time()  # added
 [f1() for _ in range(10)]
 print("local f1 x 10 took", time.time() - start)  # added
 # The following takes one second (assuming the system has at least ten workers).
@@ -68,8 +66,6 @@ z = f.remote(y)
 print(ray.get(z)) # prints 3
 
 import numpy as np
-
-
 @ray.remote
 def generate_data():
     return np.random.normal(size=1000)

@@ -4,11 +4,10 @@ Every code cell of the tutorial, joined in the order it presents them (the ``pip
 is left out).
 Changed from the seed: ``import asyncray as ray`` instead of ``import ray`` (twice, as in the
 tutorial). ``ray.init()`` with no arguments uses every core, as Ray does: on a 2-core machine
-the eight retrievals run two at a time, so expect about 1.6 s rather than the tutorial's 0.71 s.
+the eight retrievals run two at a time, so expect about 1.5 s rather than the tutorial's 0.71 s.
 """
 
 import asyncray as ray
-
 ray.init()
 
 import time
@@ -34,7 +33,7 @@ data = [retrieve(item) for item in range(8)]
 print_runtime(data, start)
 
 
-import asyncray as ray
+import asyncray as ray 
 
 
 @ray.remote

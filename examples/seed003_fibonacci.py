@@ -6,17 +6,16 @@ Changed from the seed: ``import asyncray as ray`` instead of ``import ray``, and
 ``os.cpu_count()`` (echoed by the tutorial's notebook) is wrapped in ``print()``.
 The GSOD actor part of the tutorial is in seed003_gsod_actors.py.
 """
+# ruff: noqa: PIE808  (the seed writes range(0, sequence_size))
 
 import os
 import time
-
 import asyncray as ray
-
 
 # Normal Python
 def fibonacci_local(sequence_size):
     fibonacci = []
-    for i in range(sequence_size):
+    for i in range(0, sequence_size):
         if i < 2:
             fibonacci.append(i)
             continue
@@ -27,7 +26,7 @@ def fibonacci_local(sequence_size):
 @ray.remote
 def fibonacci_distributed(sequence_size):
     fibonacci = []
-    for i in range(sequence_size):
+    for i in range(0, sequence_size):
         if i < 2:
             fibonacci.append(i)
             continue

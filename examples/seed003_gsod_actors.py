@@ -11,12 +11,12 @@ Surface Summary of the Day archives; ``python make_gsod_sample.py`` writes small
 with the same CSV columns (3 stations in common; 3 readings >= 100 in 1980, 7 in 2020).
 """
 
+from collections import namedtuple
 import csv
 import tarfile
-from collections import namedtuple
+import time
 
 import asyncray as ray
-
 
 @ray.remote
 class GSODActor():
@@ -97,7 +97,6 @@ def compare_years(year1, year2, high_temp):
 
 import os  # added
 import sys  # added
-
 if not (os.path.exists('1980.tar.gz') and os.path.exists('2020.tar.gz')):  # added
     sys.exit('1980.tar.gz and 2020.tar.gz are not in the current directory; '  # added
              'run "python make_gsod_sample.py" to write synthetic ones')  # added

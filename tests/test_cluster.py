@@ -333,6 +333,66 @@ class TestTwoNodes:
         assert st.returncode != 0 and time.monotonic() - t0 < 15, st.stdout + st.stderr
         assert "ALIVE" not in st.stdout
 
+    @pytest.mark.xfail(strict=True, reason=(
+        "bug: an unauthenticated peer can make a service buffer a whole frame (up to 64 MiB) and can keep a "
+        "connection open forever without a Hello (asyncray/_wire/connection.py has no Hello timeout and no "
+        "smaller frame limit before authentication)"
+    ))
+    def test_unauthenticated_peers_are_bounded(self, cluster: Cluster) -> None:
+        port = int(cluster.address.rpartition(":")[2])
+        silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+        big = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            big.sendall((48 << 20).to_bytes(4, "big") + b"\0" * 1024)  # a 48 MiB frame, no Hello yet
+            assert closed_within(big, 5), "a 48 MiB frame from a peer without a Hello is being buffered"
+            assert closed_within(silent, 10), "a peer that never sends a Hello is never closed"
+        finally:
+            silent.close()
+            big.close()
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "bug: an actor's lease request that the chosen node answers with a spill redirect is taken for a grant: "
+        "asyncray/_head/actors.py ActorManager._place raises KeyError('lease_id') and the actor never starts"
+    ))
+    def test_actors_fill_both_nodes(self, cluster: Cluster) -> None:
+        res = cluster.driver("""
+            asyncray.init(address="auto")
+
+            @asyncray.remote(num_cpus=1)
+            class Where:
+                def node(self):
+                    return asyncray.get_runtime_context().get_node_id()
+
+            actors = [Where.remote() for _ in range(3)]  # 2 CPUs on the head's node, 1 on the other
+            out = []
+            for a in actors:
+                try:
+                    out.append(asyncray.get(a.node.remote(), timeout=8))
+                except Exception as exc:
+                    out.append(type(exc).__name__)
+            result(out=out)
+        """)
+        assert len(set(res["out"])) == 2 and all(len(v) == 32 for v in res["out"]), res["out"]
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "bug: actors ignore scheduling_strategy: asyncray/_actor/handle.py leaves it out of the actor spec and "
+        "asyncray/_head/actors.py ActorManager._place uses pick_node() alone"
+    ))
+    def test_actor_node_affinity(self, cluster: Cluster) -> None:
+        res = cluster.driver("""
+            asyncray.init(address="auto")
+            special = next(n["NodeID"] for n in asyncray.nodes() if n["Resources"].get("special"))
+
+            @asyncray.remote(num_cpus=0)
+            class Where:
+                def node(self):
+                    return asyncray.get_runtime_context().get_node_id()
+
+            a = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(special, soft=False)).remote()
+            result(special=special, ran=asyncray.get(a.node.remote(), timeout=20))
+        """)
+        assert res["ran"] == res["special"]
+
     def test_node_with_wrong_token_cannot_join(self, cluster: Cluster) -> None:
         before = set(os.listdir(cluster.sessions))
         cmd = [sys.executable, "-m", "asyncray.cli", "start", "--address", cluster.address, "--num-cpus", "1",
@@ -423,6 +483,23 @@ def closed_without_answer(port: int, payload: bytes, host: str = "127.0.0.1") ->
         return got == b""
 
 
+def closed_within(sock: socket.socket, timeout: float) -> bool:
+    """True when the peer closes ``sock`` (EOF or reset) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            if not sock.recv(4096):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+
 # ====================================================================== CLI end to end
 def test_status_then_stop_leaves_nothing() -> None:
     with new_cluster() as c:
@@ -448,38 +525,66 @@ def test_status_then_stop_leaves_nothing() -> None:
 DRIVER_NODE_DIES = PRELUDE + """
 asyncray.init(address="auto")
 nodes = {n["NodeID"]: n for n in asyncray.nodes()}
-b_node = [k for k, n in nodes.items() if n["Resources"].get("b")][0]
+b_node = next(k for k, n in nodes.items() if n["Resources"].get("b"))
+head_node = next(k for k in nodes if k != b_node)
 marker = sys.argv[1]
+
+def started(name):
+    open(marker + "." + name, "w").close()
+
+def wait_started(*names):
+    deadline = time.monotonic() + 30
+    while not all(os.path.exists(marker + "." + n) for n in names):
+        assert time.monotonic() < deadline, f"{names} did not start"
+        time.sleep(0.02)
 
 @asyncray.remote(resources={"b": 1}, num_cpus=0)
 def produce():
     return np.ones(1 << 17)  # 1 MiB
 
 @asyncray.remote(resources={"b": 1}, num_cpus=0, max_retries=0)
-def sleeper(path):
-    open(path, "w").close()
+def sleeper():
+    started("sleep")
     time.sleep(30)
     return "finished"
 
-@asyncray.remote(max_retries=1, scheduling_strategy=NodeAffinitySchedulingStrategy(b_node, soft=True))
-def retried(path):
+@asyncray.remote(num_cpus=0, max_retries=1, scheduling_strategy=NodeAffinitySchedulingStrategy(b_node, soft=True))
+def retried():
     me = asyncray.get_runtime_context().get_node_id()
     if me == b_node:
-        open(path, "w").close()
+        started("retry")
         time.sleep(30)
     return me
+
+@asyncray.remote(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(head_node, soft=False))
+def hold():
+    started("hold")
+    time.sleep(1.5)
+
+@asyncray.remote(num_cpus=1, max_restarts=1, max_task_retries=1)
+class Where:
+    def node(self):
+        return asyncray.get_runtime_context().get_node_id()
 
 obj = produce.remote()
 ready, _ = asyncray.wait([obj], timeout=30)
 assert ready, "produce() did not finish"
-s = sleeper.remote(marker + ".sleep")
-r = retried.remote(marker + ".retry")
-deadline = time.monotonic() + 30
-while not (os.path.exists(marker + ".sleep") and os.path.exists(marker + ".retry")):
-    assert time.monotonic() < deadline, "the tasks did not start on node B"
+h = hold.remote()
+wait_started("hold")
+deadline = time.monotonic() + 10
+while next(n for n in asyncray.nodes() if n["NodeID"] == head_node)["Available"].get("CPU", 0) > 0:
+    assert time.monotonic() < deadline, "the head never saw its node busy"
     time.sleep(0.02)
-print("READY " + json.dumps({"b_node": b_node}), flush=True)
-sys.stdin.readline()
+# The head sees its own node busy: the actor goes to node B. (Creating it earlier, while the
+# head's view is stale, hits the actor-placement bug of test_actors_fill_both_nodes.)
+actor = Where.remote()
+actor_first = asyncray.get(actor.node.remote(), timeout=30)
+asyncray.get(h, timeout=30)
+s = sleeper.remote()
+r = retried.remote()
+wait_started("sleep", "retry")
+print("READY " + json.dumps({"b_node": b_node, "actor_first": actor_first}), flush=True)
+sys.stdin.readline()  # node B has been killed
 
 def outcome(ref, timeout):
     t0 = time.monotonic()
@@ -488,10 +593,11 @@ def outcome(ref, timeout):
         return {"value": v, "elapsed": time.monotonic() - t0}
     except Exception as exc:
         return {"error": type(exc).__name__, "message": str(exc)[:500], "elapsed": time.monotonic() - t0,
-                "system_failure": isinstance(exc, asyncray.exceptions.SystemFailure),
-                "mro": [c.__name__ for c in type(exc).__mro__]}
+                "system_failure": isinstance(exc, asyncray.exceptions.SystemFailure)}
 
 res = {"sleeper": outcome(s, 25), "object": outcome(obj, 15), "retried": outcome(r, 25)}
+sys.stdin.readline()  # the head has marked node B dead
+res["actor"] = outcome(actor.node.remote(), 25)
 asyncray.shutdown()
 result(**res)
 """
@@ -511,13 +617,15 @@ def test_node_killed_mid_task() -> None:
             assert drv.stdout is not None and drv.stdin is not None
             line = drv.stdout.readline()
             assert line.startswith("READY "), line + drv.communicate(timeout=30)[1]
-            b_node = json.loads(line[6:])["b_node"]
+            ready = json.loads(line[6:])
+            b_node = ready["b_node"]
+            assert ready["actor_first"] == b_node
             c.track()
-            b_workers = [p for p in psutil.Process(b_pid).children(recursive=True)]
+            b_workers = psutil.Process(b_pid).children(recursive=True)
             assert b_workers
             os.kill(b_pid, signal.SIGKILL)
             killed_at = time.monotonic()
-            drv.stdin.write("go\n")
+            drv.stdin.write("killed\n")
             drv.stdin.flush()
 
             def b_dead() -> bool:
@@ -525,13 +633,15 @@ def test_node_killed_mid_task() -> None:
 
             assert wait_for(b_dead, timeout=8, interval=0.2), c.status()
             dead_after = time.monotonic() - killed_at
+            drv.stdin.write("dead\n")
+            drv.stdin.flush()
             out, err = drv.communicate(timeout=80)
             res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
         finally:
             if drv.poll() is None:
                 drv.kill()
                 drv.wait()
-        assert dead_after < 6, dead_after
+        assert dead_after < 6, dead_after  # --node-timeout 2 (+ the head's 0.5 s check interval)
         sl = res["sleeper"]
         assert sl.get("error") in ("WorkerCrashedError", "NodeDiedError"), sl
         assert sl["system_failure"] and sl["elapsed"] < 15, sl
@@ -540,6 +650,8 @@ def test_node_killed_mid_task() -> None:
         assert ob["elapsed"] < 15, ob
         rt = res["retried"]
         assert rt.get("value") and rt["value"] != b_node, rt  # retried on the head's node
+        act = res["actor"]
+        assert act.get("value") and act["value"] != b_node, act  # restarted on the head's node
         # node B's workers went away with it (asyncray stop, at the end, checks its store is gone)
         assert wait_for(lambda: not [p for p in b_workers if _alive(p)], timeout=10)
         # the rest of the cluster still works
@@ -553,6 +665,39 @@ def test_node_killed_mid_task() -> None:
             result(v=asyncray.get(f.remote()))
         """)
         assert res["v"] == 5
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: an object spilled to disk cannot be pulled by another node: asyncray/_node/service.py "
+    "NodeService._send_object opens store.path() only, never store.spill_path(), and answers "
+    "'this node no longer holds it' (ObjectLostError on the puller)"
+))
+def test_spilled_object_crosses_nodes() -> None:
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1")
+        c.start_node("--num-cpus", "1", "--resources", '{"small": 1}', "--object-store-memory", str(64 << 20))
+        res = c.driver("""
+            asyncray.init(address="auto")
+
+            @asyncray.remote(resources={"small": 1})
+            def make(i):
+                return np.full(30 * 2**17, float(i))  # 30 MiB: four of them do not fit in 64 MiB
+
+            @asyncray.remote(num_cpus=1)
+            def total(a):
+                return float(a.sum())
+
+            refs = [make.remote(i) for i in range(4)]
+            asyncray.wait(refs, num_returns=4, timeout=60)
+            out = []
+            for r in refs:
+                try:
+                    out.append(asyncray.get(total.remote(r), timeout=30))
+                except Exception as exc:
+                    out.append(f"{type(exc).__name__}: {exc}"[:300])
+            result(out=out)
+        """)
+        assert res["out"] == [float(i * 30 * 2**17) for i in range(4)], res["out"]
 
 
 # ====================================================================== network namespaces

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import pickle
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
@@ -41,6 +42,8 @@ class _Channel:
         "incarnation",
         "inflight",
         "next_seq",
+        "node_id",
+        "pid",
         "ready",
         "registered",
         "release_when_idle",
@@ -63,6 +66,8 @@ class _Channel:
         self.escaped = False
         self.release_when_idle = False
         self.registered: asyncio.Future[Any] | None = None
+        self.pid = 0  # the actor's process, for task lists and the timeline
+        self.node_id = b""
 
 
 class ActorClient:
@@ -183,6 +188,8 @@ class ActorClient:
             if spec.state is TaskState.FINISHED or spec.cancelled:
                 continue
             spec.state = TaskState.RUNNING
+            spec.started_at = time.time()
+            spec.worker_pid, spec.node_id = ch.pid, ch.node_id
             ch.inflight[spec.task_id] = spec
             self._by_task[spec.task_id] = ch
             conn.send(self.core._push_message(conn, spec))
@@ -203,6 +210,7 @@ class ActorClient:
         finally:
             ch.resolving = False
         ch.incarnation = entry["incarnation"]
+        ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
         ch.conn = conn
         self._flush(ch)
 
@@ -257,6 +265,7 @@ class ActorClient:
                 )
                 core._finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
         ch.incarnation = entry["incarnation"]
+        ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
         ch.conn = await core._peer(entry["address"])
         self._flush(ch)
 

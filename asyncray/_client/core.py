@@ -60,6 +60,7 @@ MAX_REDIRECTS = 3
 SHORT_TASK_S = 0.002
 PIPELINE_DEPTH = 4
 ASYNC_TASKS_PER_WORKER = 100
+MIN_SAMPLES_TO_PIPELINE = 5
 
 
 class _Entry:
@@ -283,6 +284,8 @@ class Core:
         if self._closed:
             return
         self._closed = True
+        if self.head is not None and self.head.is_open and (self._live or self._finished_events):
+            self.head.send(self._task_report())  # a driver that exits at once still shows its tasks
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
         for task in list(self._tasks):
@@ -850,9 +853,10 @@ class Core:
         depth = 1 if lease.queue.strategy is not None else PIPELINE_DEPTH  # SPREAD means one each
         while tasks:
             nxt = tasks[0].fn
+            short = nxt.samples >= MIN_SAMPLES_TO_PIPELINE and nxt.avg_s < SHORT_TASK_S
             if lease.inflight and not (
                 (nxt.is_async and lease.inflight < ASYNC_TASKS_PER_WORKER and lease.queue.strategy is None)
-                or (lease.inflight < depth and 0 <= nxt.avg_s < SHORT_TASK_S)
+                or (lease.inflight < depth and short)
             ):
                 return
             self._push(lease, tasks.popleft())
@@ -923,7 +927,13 @@ class Core:
         lease.inflight -= 1
         spec.duration = msg.duration
         fn = spec.fn
-        fn.avg_s = msg.duration if fn.avg_s < 0 else 0.8 * fn.avg_s + 0.2 * msg.duration
+        # The longest of the first few calls, then a running average: one quick first call
+        # must not make a function look short (it would pipeline long calls behind each other).
+        fn.samples += 1
+        if fn.samples <= MIN_SAMPLES_TO_PIPELINE:
+            fn.avg_s = max(fn.avg_s, msg.duration)
+        else:
+            fn.avg_s = 0.8 * fn.avg_s + 0.2 * msg.duration
         retry = msg.failed and spec.retry_exceptions and spec.attempt < spec.max_retries and not spec.cancelled
         if retry and self._retryable(spec, msg.results[0]):
             spec.attempt += 1

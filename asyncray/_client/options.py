@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -15,6 +17,19 @@ ACTOR_OPTIONS = {
     "name", "namespace", "lifetime", "get_if_exists", "scheduling_strategy", "memory", "runtime_env",
 }
 METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "num_return_vals"}
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's line, outside asyncray."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
@@ -31,7 +46,7 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
             )
     if "num_return_vals" in out:
         warnings.warn(
-            "num_return_vals is the Ray 0.x spelling; use num_returns", DeprecationWarning, stacklevel=4
+            "num_return_vals is the Ray 0.x spelling; use num_returns", DeprecationWarning, stacklevel=user_stacklevel()
         )
         out["num_returns"] = out.pop("num_return_vals")
     for name in ("num_cpus", "num_gpus", "memory"):

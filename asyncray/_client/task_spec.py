@@ -34,6 +34,7 @@ class FunctionDescriptor:
     blob: bytes
     fn_id: bytes
     avg_s: float = -1.0  # running average of how long a call takes on a worker; -1: unknown
+    samples: int = 0  # how many calls the average has seen
     is_async: bool = False  # an ``async def`` function: many can share one worker's loop
 
     @classmethod

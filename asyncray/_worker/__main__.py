@@ -24,12 +24,15 @@ from asyncray._worker.executor import TaskExecutor
 
 log = logging.getLogger("asyncray.worker")
 
+# Sent by the kernel when the node goes away (SIGTERM is the node's own "stop").
+PARENT_DIED_SIGNAL = signal.SIGHUP
+
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the node process goes away (no orphans, SPEC 5)."""
+    """Ask Linux to signal us when the node process goes away (no orphans, SPEC 5)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, PARENT_DIED_SIGNAL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -43,8 +46,10 @@ def _exit_without_node(parent: int) -> None:
 
 
 def _on_node_lost(parent: int) -> None:
-    # The connection drops a moment before the kernel reparents us; give it that moment.
-    deadline = time.monotonic() + 0.5
+    # The connection drops (and the death signal comes, sent when the thread that started us
+    # ends) before the kernel reparents us: that waits until every thread of the dying node
+    # process is gone. Give it that moment. A node stopping on purpose sends SIGTERM first.
+    deadline = time.monotonic() + 2.0
     while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.01)
     _exit_without_node(parent)
@@ -81,6 +86,7 @@ def main() -> None:
     # names our new parent, and comparing with it would hide that the node is gone.
     parent = int(os.environ.get("ASYNCRAY_NODE_PID", os.getppid()))
     signal.signal(signal.SIGTERM, lambda *_: _exit_without_node(parent))
+    signal.signal(PARENT_DIED_SIGNAL, lambda *_: _on_node_lost(parent))
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -1,0 +1,279 @@
+"""The cluster's state as plain data: one function behind the dashboard's JSON API, the
+``GetState`` message, the ``asyncray list|summary|logs|timeline|job`` commands and
+``asyncray.util.state`` (issue "Seeing the cluster").
+
+Everything is computed when asked from what the head already keeps (node reports, the
+actor directory, the object directory, owners' task reports); only per-worker CPU,
+memory and log files are fetched from the nodes, on request. Ids come back as hex
+strings so that the result is JSON- and msgpack-ready as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from asyncray import _ids
+from asyncray._wire import messages as m
+
+if TYPE_CHECKING:
+    from asyncray._head.service import HeadService
+
+log = logging.getLogger(__name__)
+
+# A node that does not answer an info or logs request within this long is shown without it.
+NODE_QUERY_TIMEOUT_S = 2.0
+KINDS = (
+    "nodes", "workers", "tasks", "tasks_summary", "actors", "actors_summary", "objects", "objects_summary",
+    "timeline", "logs", "jobs", "job", "job_logs",
+)
+
+
+def jsonable(value: Any) -> Any:
+    """Bytes become hex strings, tuples lists, recursively."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def apply_filters(rows: list[dict[str, Any]], filters: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Keep rows whose ``key`` equals each filter value (as text, case-insensitive)."""
+    if not filters:
+        return rows
+    want = {k: str(v).lower() for k, v in filters.items() if v not in (None, "")}
+    return [r for r in rows if all(str(r.get(k, "")).lower() == v for k, v in want.items())]
+
+
+async def answer(head: HeadService, msg: m.GetState | m.SubmitJob | m.StopJob) -> Any:
+    """Carry out one state query or job request (the head's ``GetState`` hook)."""
+    if isinstance(msg, m.SubmitJob):
+        return await head.jobs.submit(msg.entrypoint, msg.working_dir, msg.env)
+    if isinstance(msg, m.StopJob):
+        return await head.jobs.stop_job(msg.job_id)
+    return await collect_state(head, msg.kind, msg.limit, msg.args)
+
+
+async def collect_state(head: HeadService, kind: str, limit: int, args: dict[str, Any] | None = None) -> Any:
+    """One kind of cluster state.
+
+    Args:
+        head: the head service.
+        kind: one of :data:`KINDS`.
+        limit: at most this many rows (lists).
+        args: kind-specific: ``filters`` (key -> value) for lists, ``worker``/``q`` for logs,
+            ``job_id``/``offset`` for jobs.
+
+    Raises:
+        ValueError: unknown kind.
+        KeyError: an unknown job id.
+    """
+    args = args or {}
+    filters = args.get("filters")
+    if kind == "nodes":
+        return apply_filters(await nodes(head), filters)[:limit]
+    if kind == "workers":
+        return apply_filters(await workers(head), filters)[:limit]
+    if kind == "tasks":
+        return apply_filters(tasks(head, max(limit, 0) if not filters else 1_000_000), filters)[:limit]
+    if kind == "tasks_summary":
+        return {"counts": head.tasks.counts(), "by_name": head.tasks.summary()}
+    if kind == "actors":
+        return apply_filters(actors(head), filters)[:limit]
+    if kind == "actors_summary":
+        rows = actors(head)
+        by_class: dict[str, dict[str, int]] = {}
+        for a in rows:
+            per = by_class.setdefault(a["class_name"], {})
+            per[a["state"]] = per.get(a["state"], 0) + 1
+        return {"counts": dict(Counter(a["state"] for a in rows)), "by_class": by_class}
+    if kind == "objects":
+        return apply_filters(objects(head), filters)[:limit]
+    if kind == "objects_summary":
+        return objects_summary(head)
+    if kind == "timeline":
+        return timeline(head, limit)
+    if kind == "logs":
+        return await logs(head, str(args.get("worker", "")), str(args.get("q", "")), limit)
+    if kind == "jobs":
+        return apply_filters(head.jobs.list(), filters)[:limit]
+    if kind == "job":
+        return head.jobs.get(str(args["job_id"]))
+    if kind == "job_logs":
+        return head.jobs.read_log(str(args["job_id"]), int(args.get("offset", 0)))
+    raise ValueError(f"unknown state kind {kind!r}; one of {', '.join(KINDS)}")
+
+
+# ---------------------------------------------------------------- nodes and workers
+async def node_infos(head: HeadService) -> dict[bytes, dict[str, Any]]:
+    """Each live node's own report (workers with CPU and memory, host usage); slow nodes left out."""
+
+    async def one(node_id: bytes) -> tuple[bytes, dict[str, Any] | None]:
+        try:
+            conn = await head.node_client(node_id)
+            return node_id, await asyncio.wait_for(conn.request(m.GetNodeInfo(rid=0)), NODE_QUERY_TIMEOUT_S)
+        except Exception as exc:  # a node going away must not break the page
+            log.debug("node %s did not answer: %s", node_id.hex()[:8], exc)
+            return node_id, None
+
+    alive = [nid for nid, n in head.nodes.items() if n["alive"]]
+    results = await asyncio.gather(*(one(nid) for nid in alive))
+    return {nid: info for nid, info in results if info is not None}
+
+
+def store_used(head: HeadService) -> dict[bytes, int]:
+    """Bytes of shared-memory objects held per node (from the head's object directory)."""
+    used: dict[bytes, int] = {}
+    for holders in head.objects.values():
+        for node_id, size in holders.items():
+            used[node_id] = used.get(node_id, 0) + size
+    return used
+
+
+async def nodes(head: HeadService, infos: dict[bytes, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every node with totals, free resources, object store use and (if alive) host usage."""
+    infos = await node_infos(head) if infos is None else infos
+    used = store_used(head)
+    out = []
+    for nid, n in head.nodes.items():
+        info = infos.get(nid) or {}
+        store = info.get("store") or {}
+        out.append({
+            "node_id": nid.hex(), "address": n["address"], "alive": n["alive"],
+            "state": "ALIVE" if n["alive"] else "DEAD", "death_cause": n.get("death_cause", ""),
+            "hostname": n["info"].get("hostname", ""), "pid": n["info"].get("pid", 0),
+            "resources": n["resources"], "available": n["available"],
+            "object_store_used": store.get("used_bytes", used.get(nid, 0)),
+            "object_store_spilled": store.get("spilled_bytes", 0),
+            "object_store_objects": store.get("objects", 0),
+            "object_store_total": n["resources"].get("object_store_memory", 0),
+            "host": info.get("host", {}), "num_workers": len(info.get("workers", [])),
+        })
+    return out
+
+
+async def workers(head: HeadService, infos: dict[bytes, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every worker of every live node: pid, state, what it runs now, CPU and memory."""
+    infos = await node_infos(head) if infos is None else infos
+    running = head.tasks.running_by_pid()
+    actor_on = {a["pid"]: a for a in actors(head) if a["state"] != "DEAD" and a["pid"]}
+    out = []
+    for nid, info in infos.items():
+        for w in info.get("workers", []):
+            pid = w["pid"]
+            actor = actor_on.get(pid)
+            current = running.get(pid, "")
+            if actor is not None and not current:
+                current = f"actor {actor['class_name']}"
+            out.append({
+                "node_id": nid.hex(), "worker_id": _ids.short(w["worker_id"]), "pid": pid,
+                "state": w["state"], "current": current,
+                "actor_id": actor["actor_id"] if actor else "",
+                "cpu_percent": w.get("cpu_percent", 0.0), "rss": w.get("rss", 0),
+            })
+    return out
+
+
+# ---------------------------------------------------------------- tasks, actors, objects
+def tasks(head: HeadService, limit: int) -> list[dict[str, Any]]:
+    """Live tasks first, then the latest finished ones, with errors."""
+    out = []
+    for t in head.tasks.tasks(limit):
+        row = jsonable(t)
+        row.setdefault("ended_at", None)
+        row.setdefault("error", None)
+        out.append(row)
+    return out
+
+
+def actors(head: HeadService) -> list[dict[str, Any]]:
+    """Every actor with its class, state, place and restarts."""
+    out = []
+    for e in head.actors.list():
+        meta = e.get("meta") or {}
+        out.append({
+            "actor_id": e["actor_id"].hex(), "class_name": meta.get("class_name", "?"), "name": e["name"],
+            "namespace": e["namespace"], "state": e["state"], "pid": e["pid"],
+            "node_id": e["node_id"].hex() if e["node_id"] else "", "num_restarts": e["num_restarts"],
+            "death_cause": e["death_cause"], "detached": e.get("detached", False),
+            "is_async": bool(meta.get("is_async", False)),
+        })
+    return out
+
+
+def objects(head: HeadService) -> list[dict[str, Any]]:
+    """Objects in the shared-memory stores: size and the nodes holding a copy."""
+    return [
+        {"object_id": oid.hex(), "size": max(holders.values(), default=0),
+         "nodes": [nid.hex() for nid in holders], "copies": len(holders)}
+        for oid, holders in head.objects.items() if holders
+    ]
+
+
+def objects_summary(head: HeadService) -> dict[str, Any]:
+    """Counts and bytes: stored objects per node and objects each owner process holds."""
+    used = store_used(head)
+    stored = [o for o in head.objects.values() if o]
+    return {
+        "stored_objects": len(stored),
+        "stored_bytes": sum(max(h.values()) for h in stored),
+        "bytes_by_node": {nid.hex(): n for nid, n in used.items()},
+        "owners": [
+            {"owner": rep.owner.hex(), "pid": rep.pid, "role": rep.role, "objects": rep.objects[0] if rep.objects else 0}
+            for rep in head.tasks.owners.values()
+        ],
+    }
+
+
+def timeline(head: HeadService, limit: int = 100_000) -> list[dict[str, Any]]:
+    """Finished tasks as Chrome trace events (``chrome://tracing``, Perfetto): one row per worker."""
+    events: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for t in list(head.tasks.finished)[-limit:]:
+        start = t.get("started_at") or t.get("submitted_at") or 0.0
+        end = t.get("ended_at") or start
+        pid = int(t.get("worker_pid") or 0)
+        if pid not in seen:
+            seen.add(pid)
+            events.append({"name": "process_name", "ph": "M", "pid": pid, "tid": pid,
+                           "args": {"name": f"worker pid={pid}"}})
+        events.append({
+            "name": t["name"], "cat": "task", "ph": "X", "pid": pid, "tid": pid,
+            "ts": start * 1e6, "dur": max(0.0, end - start) * 1e6,
+            "args": {"task_id": jsonable(t["task_id"]), "state": t["state"], "error": t.get("error"),
+                     "node_id": jsonable(t.get("node_id")), "submitted_at": t.get("submitted_at")},
+        })
+    return events
+
+
+# ---------------------------------------------------------------- logs
+async def logs(head: HeadService, worker: str, q: str = "", limit: int = 1000) -> dict[str, Any]:
+    """A worker's log lines (``worker``: pid, worker id, or an actor id), or every node's log files."""
+    worker = worker.strip()
+    for a in actors(head):  # an actor id (or its prefix) names the worker it lives on
+        if len(worker) >= 8 and not worker.isdigit() and a["actor_id"].startswith(worker.lower()) and a["pid"]:
+            worker = str(a["pid"])
+            break
+
+    async def ask(node_id: bytes) -> tuple[bytes, dict[str, Any] | None]:
+        try:
+            conn = await head.node_client(node_id)
+            req = m.GetLogs(rid=0, worker=worker, q=q, limit=limit)
+            return node_id, await asyncio.wait_for(conn.request(req), NODE_QUERY_TIMEOUT_S)
+        except Exception as exc:
+            log.debug("node %s did not answer for logs: %s", node_id.hex()[:8], exc)
+            return node_id, None
+
+    alive = [nid for nid, n in head.nodes.items() if n["alive"]]
+    answers = [(nid, a) for nid, a in await asyncio.gather(*(ask(nid) for nid in alive)) if a is not None]
+    if not worker:
+        return {"files": [{**f, "node_id": nid.hex()} for nid, a in answers for f in a.get("files", [])]}
+    for nid, a in answers:
+        if a.get("found"):
+            return {**a, "node_id": nid.hex()}
+    return {"found": False, "worker": worker, "pid": 0, "lines": [], "node_id": ""}
