@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["NodeAffinitySchedulingStrategy", "SPREAD"]
+__all__ = ["SPREAD", "NodeAffinitySchedulingStrategy"]
 
 SPREAD = "SPREAD"
 
