@@ -84,12 +84,9 @@ def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInfo:
         RuntimeError: already initialized (unless ``ignore_reinit_error=True``).
     """
     address, opts = _api.normalize_init(address, kwargs)
-    rt = _runtime.current()
-    if rt is not None:
-        if opts["ignore_reinit_error"]:
-            assert rt.info is not None
-            return rt.info
-        raise RuntimeError("asyncray.init() was already called; call asyncray.shutdown() first, or pass ignore_reinit_error=True")
+    running = _api.already_running(opts)
+    if running is not None:
+        return running
     rt = _runtime.start_blocking(address, opts)
     assert rt.info is not None
     return rt.info

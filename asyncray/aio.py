@@ -35,12 +35,9 @@ async def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInf
         RuntimeError: already initialized (unless ``ignore_reinit_error=True``).
     """
     address, opts = _api.normalize_init(address, kwargs)
-    rt = _runtime.current()
-    if rt is not None:
-        if opts["ignore_reinit_error"]:
-            assert rt.info is not None
-            return rt.info
-        raise RuntimeError("asyncray is already initialized; call shutdown() first, or pass ignore_reinit_error=True")
+    running = _api.already_running(opts)
+    if running is not None:
+        return running
     rt = _runtime.Runtime()
     try:
         await _runtime.start(rt, address, opts)

@@ -21,26 +21,13 @@ import time
 from typing import Any
 
 from asyncray import _session
+from asyncray._procs import pid_alive
 
 READY_TIMEOUT_S = 30.0
 
 
 def _print(*args: Any) -> None:
     print(*args)  # noqa: T201 - this module talks to a terminal
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
 
 
 # ---------------------------------------------------------------- start
@@ -56,7 +43,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 2
     info = _session.read_cluster()
     if args.head:
-        if info and any(_pid_alive(p["pid"]) for p in info.get("processes", [])):
+        if info and any(pid_alive(p["pid"]) for p in info.get("processes", [])):
             _print(f"asyncray start: a cluster started here is still running ({info['address']}); run 'asyncray stop' first")
             return 1
         token = args.token or os.environ.get("ASYNCRAY_TOKEN") or _session.new_token()
@@ -154,17 +141,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return 0
     procs = list(reversed(info["processes"]))  # nodes first, the head last
     for p in procs:
-        if _pid_alive(p["pid"]):
+        if pid_alive(p["pid"]):
             try:
                 os.kill(p["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + args.grace
-    while time.monotonic() < deadline and any(_pid_alive(p["pid"]) for p in procs):
+    while time.monotonic() < deadline and any(pid_alive(p["pid"]) for p in procs):
         time.sleep(0.05)
     killed = 0
     for p in procs:
-        if _pid_alive(p["pid"]):
+        if pid_alive(p["pid"]):
             os.killpg(p["pid"], signal.SIGKILL)  # the daemon leads its own session: workers too
             killed += 1
     for p in procs:

@@ -144,3 +144,17 @@ class RuntimeContext:
 
     def __repr__(self) -> str:
         return f"RuntimeContext(node_id={self.node_id[:8]}, task_id={self.task_id}, actor_id={self.actor_id})"
+
+
+def already_running(opts: dict[str, Any]) -> Any:
+    """The running runtime's info when ``ignore_reinit_error`` allows it; raise otherwise; None if not running."""
+    from asyncray._client import runtime
+
+    rt = runtime.current()
+    if rt is None:
+        return None
+    if opts["ignore_reinit_error"]:
+        return rt.info
+    raise RuntimeError(
+        "asyncray.init() was already called; call asyncray.shutdown() first, or pass ignore_reinit_error=True"
+    )

@@ -25,6 +25,7 @@ from asyncray._client.core import Core, install
 from asyncray._client.portal import Portal
 from asyncray._head.service import HeadService
 from asyncray._node.service import NodeConfig, NodeService
+from asyncray._procs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,8 @@ def _sweep_stale_sessions() -> None:
     for pattern in patterns:
         for path in glob.glob(pattern):
             pid_text = os.path.basename(path).split("-")[-2].lstrip("s")
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and not pid_alive(int(pid_text)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def new_session_dir(name: str) -> str:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from asyncray._procs import pid_alive
 from asyncray._store.shm import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class StoreManager:
                 if not (entry.name.endswith(".tmp") or ".taken-" in entry.name):
                     continue
                 parts = entry.name.split(".")
-                writer_dead = len(parts) >= 3 and parts[-2].isdigit() and not _pid_alive(int(parts[-2]))
+                writer_dead = len(parts) >= 3 and parts[-2].isdigit() and not pid_alive(int(parts[-2]))
                 try:
                     if writer_dead or now - entry.stat().st_mtime > STALE_TMP_S:
                         os.unlink(entry.path)
@@ -221,16 +222,6 @@ def _scan(directory: str) -> list[os.DirEntry[str]]:
             return [e for e in it if e.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unlink(path: str) -> None:
