@@ -1,0 +1,458 @@
+"""Objects as one process sees them: what it owns, what it borrows, and waiting for values.
+
+Ray's ownership model: the process that made a ref owns the value and frees it once no ref
+remains here, in a running task's arguments, inside another stored value, or at a
+borrower (a process that unpickled the ref and registered with the owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from asyncray import _ids
+from asyncray._client.ref import ObjectRef
+from asyncray._store import serialization as ser
+from asyncray._wire import messages as m
+from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
+from asyncray.exceptions import (
+    GetTimeoutError,
+    ObjectLostError,
+    SerializationError,
+)
+
+log = logging.getLogger(__name__)
+
+RESERVE_TIMEOUT_S = 60.0
+
+
+class _Entry:
+    """One object this process knows: its descriptor once ready, and who waits for it."""
+
+    __slots__ = ("borrowers", "contained", "desc", "fetching", "owned", "pinned", "waiters")
+
+    def __init__(self, owned: bool, desc: list[Any] | None = None) -> None:
+        self.desc = desc
+        self.waiters: list[Callable[[], None]] = []
+        self.owned = owned
+        self.pinned = False
+        self.fetching = False
+        self.borrowers: dict[str, int] | None = None  # owner side: borrower address -> count
+        self.contained: list[ObjectRef] | None = None  # refs inside this value, kept while it lives
+
+
+class _LoopBridge:
+    """Readiness notices between the core's loop and another thread's loop, batched.
+
+    ``await ref`` on a loop other than the core's costs two cross-thread wake-ups; with
+    ``asyncio.gather`` over 10,000 refs they are batched: one wake-up per burst each way.
+    """
+
+    def __init__(self, core: Any, caller: asyncio.AbstractEventLoop) -> None:
+        self.core = core
+        self.caller = caller
+        self._to_core: deque[tuple[ObjectRef, asyncio.Future[None]]] = deque()
+        self._to_caller: deque[asyncio.Future[None]] = deque()
+        self._core_wake = False
+        self._caller_wake = False
+
+    def register(self, ref: ObjectRef, fut: asyncio.Future[None]) -> None:
+        """Caller's loop: ask to be told when ``ref`` is ready."""
+        self._to_core.append((ref, fut))
+        if not self._core_wake:
+            self._core_wake = True
+            self.core.loop.call_soon_threadsafe(self._drain_core)
+
+    def _drain_core(self) -> None:
+        self._core_wake = False
+        queue = self._to_core
+        while queue:
+            ref, fut = queue.popleft()
+            self.core._when_ready(ref, functools.partial(self._ready, fut))
+
+    def _ready(self, fut: asyncio.Future[None]) -> None:
+        self._to_caller.append(fut)
+        if not self._caller_wake:
+            self._caller_wake = True
+            try:
+                self.caller.call_soon_threadsafe(self._drain_caller)
+            except RuntimeError:  # the caller's loop is closed; nobody waits any more
+                self._to_caller.clear()
+
+    def _drain_caller(self) -> None:
+        self._caller_wake = False
+        queue = self._to_caller
+        while queue:
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+
+class ObjectTable:
+    """The object half of the core (mixed into ``Core``; state lives there)."""
+
+    def incref(self, object_id: bytes, owner: str) -> None:
+        """A new ObjectRef to this object exists in this process (any thread)."""
+        counts = self._refcounts
+        n = counts.get(object_id, 0)
+        counts[object_id] = n + 1
+        if n == 0 and owner != self.address and self.address:
+            # The first ref here to someone else's object: we are now a borrower (Ray's
+            # ownership model); the owner keeps the object until we say we dropped it.
+            self._borrowed_from[object_id] = owner
+            self._queue_borrow(owner, object_id, True)
+
+    def decref(self, object_id: bytes) -> None:
+        """An ObjectRef was dropped; free the value when it was the last one anywhere (any thread)."""
+        counts = self._refcounts
+        n = counts.get(object_id, 0) - 1
+        if n > 0:
+            counts[object_id] = n
+            return
+        counts.pop(object_id, None)
+        owner = self._borrowed_from.pop(object_id, None)
+        if owner is not None:
+            self._queue_borrow(owner, object_id, False)
+        self._maybe_free(object_id)
+
+    def _maybe_free(self, object_id: bytes) -> None:
+        """Drop an object nobody references: here, in a running task, or as a borrower."""
+        entry = self._objects.get(object_id)
+        if entry is None or entry.pinned or entry.waiters or entry.borrowers or object_id in self._refcounts:
+            return
+        if entry.owned and object_id in self._by_return:
+            return  # the task is still running; its result frees itself on arrival
+        self._objects.pop(object_id, None)
+        entry.contained = None
+        desc = entry.desc
+        if entry.owned and desc is not None and desc[0] == ser.STORED:
+            self.store.delete(object_id)
+
+    def _queue_borrow(self, owner: str, object_id: bytes, add: bool) -> None:
+        """Batch borrower notices per owner; one frame per owner per loop iteration."""
+        pending = self._borrow_out.get(owner)
+        if pending is None:
+            pending = self._borrow_out[owner] = ([], [])
+        pending[0 if add else 1].append(object_id)
+        if not self._borrow_flush:
+            self._borrow_flush = True
+            self.call_soon(self._flush_borrows)
+
+    def _flush_borrows(self) -> None:
+        self._borrow_flush = False
+        out, self._borrow_out = self._borrow_out, {}
+        for owner, (add, drop) in out.items():
+            conn = self._route_to(owner)
+            if conn is not None:
+                conn.send(m.Borrow(add=add, drop=drop))
+            elif not self._closed:
+                self.spawn(self._send_borrow_later(owner, m.Borrow(add=add, drop=drop)))
+
+    async def _send_borrow_later(self, owner: str, msg: m.Borrow) -> None:
+        try:
+            (await self._peer(owner)).send(msg)
+        except OSError:
+            pass  # the owner is gone, and its objects with it
+
+    def _on_borrow(self, conn: Connection, msg: m.Borrow) -> None:
+        """Owner side: a borrower started or stopped holding refs to our objects."""
+        who = conn.peer.address if conn.peer is not None else ""
+        for oid in msg.add:
+            entry = self._objects.get(oid)
+            if entry is not None and entry.owned:
+                if entry.borrowers is None:
+                    entry.borrowers = {}
+                entry.borrowers[who] = entry.borrowers.get(who, 0) + 1
+        for oid in msg.drop:
+            entry = self._objects.get(oid)
+            if entry is not None and entry.borrowers and who in entry.borrowers:
+                entry.borrowers[who] -= 1
+                if entry.borrowers[who] <= 0:
+                    del entry.borrowers[who]
+                self._maybe_free(oid)
+
+    def _borrower_gone(self, address: str) -> None:
+        """A borrower's process is gone: it holds nothing any more."""
+        for oid, entry in list(self._objects.items()):
+            if entry.borrowers and address in entry.borrowers:
+                del entry.borrowers[address]
+                self._maybe_free(oid)
+
+    def ref_escaped(self, object_id: bytes) -> None:
+        """A ref was pickled (into an argument or a value): keep the object while borrowers may use it.
+
+        Borrower tracking is not distributed yet, so an escaped object stays pinned
+        until shutdown.
+        """
+        entry = self._objects.get(object_id)
+        if entry is not None:
+            entry.pinned = True
+
+    def put(self, value: Any) -> ObjectRef:
+        """Store a value owned by this process (callable from any thread)."""
+        contained: list[ObjectRef] = []
+        try:
+            with ser.collecting_refs(contained):
+                pickled = ser.dumps(value)
+        except Exception as exc:
+            raise SerializationError(f"put() could not pickle a {type(value).__name__}: {exc}") from exc
+        ref = self.put_serialized(value, pickled)
+        if contained:  # refs inside a stored value live as long as it does
+            self._objects[ref.id].contained = contained
+        return ref
+
+    def put_serialized(self, value: Any, pickled: tuple[bytes, list[Any]]) -> ObjectRef:
+        """Store an already pickled value (inline when small, else in the node's store)."""
+        object_id = _ids.new_id()
+        desc = ser.make_descriptor(value, self.store, object_id, already=pickled)
+        self._objects[object_id] = _Entry(owned=True, desc=desc)
+        return ObjectRef(object_id, self.address, self)
+
+    def _entry_for(self, ref: ObjectRef) -> _Entry:
+        """The entry for a ref, fetching borrowed values from their owner (loop thread)."""
+        entry = self._objects.get(ref.id)
+        if entry is not None:
+            return entry
+        if ref.owner == self.address:
+            entry = _Entry(owned=True, desc=ser.error_descriptor(ObjectLostError(f"object {ref.hex()} was freed")))
+            return entry
+        entry = _Entry(owned=False)
+        self._objects[ref.id] = entry
+        entry.fetching = True
+        self.spawn(self._fetch(ref, entry))
+        return entry
+
+    async def _fetch(self, ref: ObjectRef, entry: _Entry) -> None:
+        try:
+            conn = await self._peer(ref.owner)
+            desc = await conn.request(m.GetObject(rid=0, object_id=ref.id))
+        except (OSError, ConnectionLost, RemoteCallError) as exc:
+            desc = ser.error_descriptor(
+                ObjectLostError(f"object {ref.hex()} is lost: its owner at {ref.owner} cannot be reached ({exc})")
+            )
+        entry.fetching = False
+        self._resolve_entry(entry, desc)
+
+    def _resolve_entry(self, entry: _Entry, desc: list[Any]) -> None:
+        entry.desc = desc
+        waiters, entry.waiters = entry.waiters, []
+        for cb in waiters:
+            try:
+                cb()
+            except Exception:
+                log.exception("object waiter failed")
+
+    def _when_ready(self, ref: ObjectRef, cb: Callable[[], None]) -> None:
+        """Call ``cb`` on the loop once the ref's value (or error) is known."""
+        entry = self._entry_for(ref)
+        if entry.desc is not None:
+            cb()
+        else:
+            entry.waiters.append(cb)
+
+    def is_ready(self, ref: ObjectRef) -> bool:
+        """True when the value or error is known locally (any thread)."""
+        entry = self._objects.get(ref.id)
+        return entry is not None and entry.desc is not None
+
+    def load(self, ref: ObjectRef) -> Any:
+        """Deserialize a ready value in the calling thread; raise its error."""
+        entry = self._objects.get(ref.id)
+        if entry is None or entry.desc is None:
+            raise ObjectLostError(f"object {ref.hex()} is not available here")
+        desc = entry.desc
+        if ser.is_remote(desc, self.store):
+            if self.on_loop_thread():
+                raise RuntimeError("a remote object must be localized (await core.localize) before loading on the loop")
+            asyncio.run_coroutine_threadsafe(self.localize([desc]), self.loop).result()
+        return ser.load_descriptor(desc, self.store)
+
+    async def localize(self, descs: Iterable[list[Any]]) -> None:
+        """Copy stored objects that live on other nodes into this node's store (loop thread).
+
+        A copy that cannot be made leaves the object unreadable: loading it then raises
+        ObjectLostError naming the node.
+        """
+        remote = [d for d in descs if ser.is_remote(d, self.store)]
+        if not remote:
+            return
+        assert self.node is not None
+        results = await asyncio.gather(
+            *(self.node.request(m.FetchObject(rid=0, object_id=d[1], node_id=d[3])) for d in remote),
+            return_exceptions=True,
+        )
+        for desc, res in zip(remote, results, strict=True):
+            if isinstance(res, BaseException):
+                err = ObjectLostError(f"object {desc[1].hex()} is lost: {res}")
+                desc[:] = ser.error_descriptor(err)
+
+    async def localize_refs(self, refs: list[ObjectRef]) -> None:
+        """``localize`` for ready refs, from any loop."""
+        descs = [e.desc for r in refs if (e := self._objects.get(r.id)) is not None and e.desc is not None]
+        if not any(ser.is_remote(d, self.store) for d in descs):
+            return
+        if asyncio.get_running_loop() is self.loop:
+            await self.localize(descs)
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.localize(descs), self.loop))
+
+    def _reserve_space(self, size: int) -> dict[str, Any]:
+        """Ask the node for room before writing a large object (blocking; any thread but the loop).
+
+        On the loop thread (an ``async def`` task returning a large value) the write goes
+        ahead unreserved: the node measures the store directly, so it is still counted.
+        """
+        if self.on_loop_thread() or self.node is None or not self.node.is_open:
+            return {}
+        node = self.node
+
+        async def ask() -> Any:
+            return await node.request(m.ReserveSpace(rid=0, size=size))
+
+        try:
+            return dict(asyncio.run_coroutine_threadsafe(ask(), self.loop).result(RESERVE_TIMEOUT_S))
+        except Exception as exc:  # the node is busy or gone: write unreserved, as on the loop
+            log.info("no reservation for %d bytes: %s", size, exc)
+            return {}
+
+    def _announce_object(self, object_id: bytes, size: int) -> None:
+        """Tell the node (and so the head's directory) that this node holds a new object."""
+        self.call_soon(self._send_node, m.ObjectLocation(object_id=object_id, node_id=self.node_id, size=size))
+
+    def _watch(self, refs: list[ObjectRef], need: int, done: Callable[[], None]) -> None:
+        """On the loop: call ``done`` once ``need`` of ``refs`` are ready."""
+        left = [need]
+        if need <= 0:
+            done()
+            return
+
+        def one() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                done()
+
+        for ref in refs:
+            self._when_ready(ref, one)
+
+    def block_until_ready(self, refs: list[ObjectRef], need: int, timeout: float | None, api: str) -> bool:
+        """Block the calling (non-loop) thread until ``need`` refs are ready. False on timeout."""
+        if sum(1 for r in refs if self.is_ready(r)) >= need:
+            return True
+        if self.on_loop_thread():
+            raise RuntimeError(
+                f"asyncray.{api}() would block the event loop that runs asyncray itself; "
+                f"use 'await asyncray.aio.{api}(...)' (or 'await ref') in async code"
+            )
+        event = threading.Event()
+        entry = self._objects.get(refs[0].id) if len(refs) == 1 else None
+        if entry is not None and entry.owned:
+            # Fast path for get(f.remote()): register straight from this thread, no loop hop.
+            # The loop sets ``desc`` before it takes the waiters list, so re-checking ``desc``
+            # after appending closes the race (a late waiter is never lost).
+            entry.waiters.append(event.set)
+            if entry.desc is not None:
+                event.set()
+        else:
+            self.loop.call_soon_threadsafe(self._watch, refs, need, event.set)
+        blocked = self.role == "worker" and self.node is not None
+        if blocked:
+            self.loop.call_soon_threadsafe(self._send_node, m.WorkerBlocked(worker_id=self.worker_id))
+        try:
+            return event.wait(timeout)
+        finally:
+            if blocked:
+                self.loop.call_soon_threadsafe(self._send_node, m.WorkerUnblocked(worker_id=self.worker_id))
+
+    def _ready_future(self, ref: ObjectRef) -> asyncio.Future[None]:
+        """A future on the *calling* loop that completes when the ref is ready."""
+        caller = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = caller.create_future()
+        if caller is self.loop:
+            self._when_ready(ref, lambda: fut.done() or fut.set_result(None))
+        else:
+            bridge = self._bridges.get(caller)
+            if bridge is None or bridge.caller.is_closed():
+                bridge = self._bridges[caller] = _LoopBridge(self, caller)
+            bridge.register(ref, fut)
+        return fut
+
+    async def get_async(self, refs: list[ObjectRef], timeout: float | None, *, single: bool = False) -> Any:
+        """Await the values of refs (one value when ``single``)."""
+        pending = [self._ready_future(r) for r in refs if not self.is_ready(r)]
+        if pending and timeout is None:
+            for fut in pending:
+                await fut
+        elif pending:
+            _, not_done = await asyncio.wait(pending, timeout=timeout)
+            if not_done:
+                for f in not_done:
+                    f.cancel()
+                raise GetTimeoutError(f"get() timed out after {timeout} s with {len(not_done)} of {len(refs)} refs not ready")
+        await self.localize_refs(refs)
+        if single:
+            return self.load(refs[0])
+        return [self.load(r) for r in refs]
+
+    async def wait_async(
+        self, refs: list[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """Return (ready, not_ready) in input order once ``num_returns`` are ready or time is up."""
+        if sum(1 for r in refs if self.is_ready(r)) < num_returns:
+            caller = asyncio.get_running_loop()
+            done_fut: asyncio.Future[None] = caller.create_future()
+
+            def done() -> None:
+                if caller is self.loop:
+                    done_fut.done() or done_fut.set_result(None)
+                else:
+                    caller.call_soon_threadsafe(lambda: done_fut.done() or done_fut.set_result(None))
+
+            self.call_soon(self._watch, refs, num_returns, done)
+            try:
+                await asyncio.wait_for(asyncio.shield(done_fut), timeout)
+            except TimeoutError:
+                pass
+        return self.split_ready(refs, num_returns)
+
+    def split_ready(self, refs: list[ObjectRef], num_returns: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """Partition refs into the first ``num_returns`` ready ones and the rest, input order kept."""
+        ready: list[ObjectRef] = []
+        rest: list[ObjectRef] = []
+        for r in refs:
+            if len(ready) < num_returns and self.is_ready(r):
+                ready.append(r)
+            else:
+                rest.append(r)
+        return ready, rest
+
+    def concurrent_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+        """A thread-safe future for the ref's value."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def settle() -> None:
+            try:
+                fut.set_result(self.load(ref))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self.call_soon(self._when_ready, ref, settle)
+        return fut
+
+    def _serve_object(self, conn: Connection, msg: m.GetObject) -> None:
+        entry = self._objects.get(msg.object_id)
+        if entry is None or not entry.owned:
+            conn.reply(msg.rid, ser.error_descriptor(ObjectLostError(f"object {msg.object_id.hex()} was freed by its owner")))
+            return
+        def answer() -> None:
+            conn.reply(msg.rid, entry.desc)
+
+        if entry.desc is not None:
+            answer()
+        else:
+            entry.waiters.append(answer)
