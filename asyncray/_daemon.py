@@ -76,7 +76,9 @@ async def serve(args: argparse.Namespace) -> None:
                 node_id=_ids.new_id(),
                 address=f"{args.host}:0",
                 head_address=head_address,
-                resources=node_resources(args.num_cpus, args.num_gpus, json.loads(args.resources), args.object_store_memory),
+                resources=node_resources(
+                    args.num_cpus, args.num_gpus, json.loads(args.resources), args.object_store_memory, host=args.host
+                ),
                 session_dir=session_dir,
                 store_dir=store_dir_for(args.session_name),
                 num_workers=max(1, int(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))),

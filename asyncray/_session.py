@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 SESSIONS_DIR = os.path.join(tempfile.gettempdir(), "asyncray-sessions")
@@ -58,18 +61,36 @@ def read_cluster() -> dict[str, Any] | None:
 def write_cluster(info: dict[str, Any]) -> None:
     """Record (replace) this machine's cluster info."""
     os.makedirs(SESSIONS_DIR, exist_ok=True)
-    tmp = CLUSTER_FILE + ".tmp"
+    tmp = f"{CLUSTER_FILE}.{os.getpid()}.tmp"  # concurrent writers must not share one
     with open(tmp, "w") as f:
         json.dump(info, f, indent=2)
     os.replace(tmp, CLUSTER_FILE)
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Hold this machine's session lock (a flock on the sessions directory itself)."""
+    os.makedirs(SESSIONS_DIR, exist_ok=True)
+    fd = os.open(SESSIONS_DIR, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def update_cluster(change: Callable[[dict[str, Any]], None]) -> None:
+    """Read, change and write the cluster info as one step (two ``start`` at once lose nothing)."""
+    with _locked():
+        info = read_cluster() or {}
+        change(info)
+        write_cluster(info)
+
+
 def add_process(pid: int, role: str, extra: dict[str, Any] | None = None) -> None:
     """Remember a process ``start`` launched, for ``stop``."""
-    info = read_cluster() or {}
-    procs = info.setdefault("processes", [])
-    procs.append({"pid": pid, "role": role, **(extra or {})})
-    write_cluster(info)
+    entry = {"pid": pid, "role": role, **(extra or {})}
+    update_cluster(lambda info: info.setdefault("processes", []).append(entry))
 
 
 def resolve_address(address: str) -> str:

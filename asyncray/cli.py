@@ -91,9 +91,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     os.unlink(ready_file)
     extra = {"session_dir": ready["session_dir"], "store_dir": ready["store_dir"]}
     if args.head:
-        info = _session.read_cluster() or {}
-        info.update(address=ready["head_address"], dashboard_url=ready.get("dashboard_url"))
-        _session.write_cluster(info)
+        _session.update_cluster(
+            lambda info: info.update(address=ready["head_address"], dashboard_url=ready.get("dashboard_url"))
+        )
     _session.add_process(proc.pid, "head" if args.head else "node", extra)
     if args.head:
         addr = ready["head_address"]
@@ -123,6 +123,43 @@ def _remove_leftovers(name: str, ready_file: str) -> None:
             pass
 
 
+def _descendants(pids: list[int]) -> list[Any]:
+    """Every live descendant (workers) of the given daemons, as psutil handles."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out += psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _end_leftovers(procs: list[Any], grace: float = 3.0) -> int:
+    """Give workers whose daemon is gone a moment to exit on their own, then SIGKILL them."""
+    import psutil
+
+    def running(p: Any) -> bool:
+        try:
+            return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(running(p) for p in procs):
+        time.sleep(0.05)
+    killed = 0
+    for p in procs:
+        if running(p):  # is_running() also checks the pid was not reused
+            try:
+                p.kill()
+                killed += 1
+            except psutil.Error:
+                pass
+    return killed
+
+
 def _remove_cluster_files() -> None:
     for path in (_session.CLUSTER_FILE, _session.TOKEN_FILE):
         try:
@@ -140,6 +177,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         _print("asyncray stop: nothing started here is running")
         return 0
     procs = list(reversed(info["processes"]))  # nodes first, the head last
+    # Workers lead sessions of their own (so a daemon's process group does not hold them):
+    # remember them now, to end any that outlive their daemon.
+    children = _descendants([p["pid"] for p in procs])
     for p in procs:
         if pid_alive(p["pid"]):
             try:
@@ -152,8 +192,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
     killed = 0
     for p in procs:
         if pid_alive(p["pid"]):
-            os.killpg(p["pid"], signal.SIGKILL)  # the daemon leads its own session: workers too
+            os.killpg(p["pid"], signal.SIGKILL)  # the daemon leads its own session
             killed += 1
+    killed += _end_leftovers(children)
     for p in procs:
         for key in ("store_dir", "session_dir"):
             if p.get(key):
@@ -238,7 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # e.g. `asyncray status | head -1`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

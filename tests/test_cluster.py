@@ -333,11 +333,6 @@ class TestTwoNodes:
         assert st.returncode != 0 and time.monotonic() - t0 < 15, st.stdout + st.stderr
         assert "ALIVE" not in st.stdout
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "bug: an unauthenticated peer can make a service buffer a whole frame (up to 64 MiB) and can keep a "
-        "connection open forever without a Hello (asyncray/_wire/connection.py has no Hello timeout and no "
-        "smaller frame limit before authentication)"
-    ))
     def test_unauthenticated_peers_are_bounded(self, cluster: Cluster) -> None:
         port = int(cluster.address.rpartition(":")[2])
         silent = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -350,10 +345,6 @@ class TestTwoNodes:
             silent.close()
             big.close()
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "bug: an actor's lease request that the chosen node answers with a spill redirect is taken for a grant: "
-        "asyncray/_head/actors.py ActorManager._place raises KeyError('lease_id') and the actor never starts"
-    ))
     def test_actors_fill_both_nodes(self, cluster: Cluster) -> None:
         res = cluster.driver("""
             asyncray.init(address="auto")
@@ -374,10 +365,6 @@ class TestTwoNodes:
         """)
         assert len(set(res["out"])) == 2 and all(len(v) == 32 for v in res["out"]), res["out"]
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "bug: actors ignore scheduling_strategy: asyncray/_actor/handle.py leaves it out of the actor spec and "
-        "asyncray/_head/actors.py ActorManager._place uses pick_node() alone"
-    ))
     def test_actor_node_affinity(self, cluster: Cluster) -> None:
         res = cluster.driver("""
             asyncray.init(address="auto")
@@ -667,11 +654,6 @@ def test_node_killed_mid_task() -> None:
         assert res["v"] == 5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: an object spilled to disk cannot be pulled by another node: asyncray/_node/service.py "
-    "NodeService._send_object opens store.path() only, never store.spill_path(), and answers "
-    "'this node no longer holds it' (ObjectLostError on the puller)"
-))
 def test_spilled_object_crosses_nodes() -> None:
     with new_cluster() as c:
         c.start_head(free_port(), "--num-cpus", "1")

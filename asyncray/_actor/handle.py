@@ -93,10 +93,20 @@ class ActorClass:
             "owner": core.address,
             "args": arg_descs,
             "kwargs": kw_descs,
+            "affinity": _affinity(opts.get("scheduling_strategy")),
         }
         return core.actors.create(
             _ids.new_id(), name, namespace, bool(opts.get("get_if_exists")), meta, spec, deps
         )
+
+
+def _affinity(strategy: Any) -> dict[str, Any] | None:
+    """A NodeAffinitySchedulingStrategy as the head reads it (SPREAD: the head's default pick)."""
+    from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return {"node_id": strategy.node_id, "soft": strategy.soft}
+    return None
 
 
 class _ActorClassOptions:

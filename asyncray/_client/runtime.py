@@ -60,7 +60,8 @@ def store_dir_for(session_name: str) -> str:
 
 
 def node_resources(
-    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None, object_store_memory: int | None
+    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None, object_store_memory: int | None,
+    host: str = "127.0.0.1",
 ) -> dict[str, float]:
     """What a node offers: CPUs (default: all), GPUs, memory, object store, custom resources."""
     memory = _total_memory()
@@ -68,7 +69,7 @@ def node_resources(
         "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
         "memory": float(int(memory * 0.7)),
         "object_store_memory": float(object_store_memory or int(memory * 0.3)),
-        "node:127.0.0.1": 1.0,
+        f"node:{host}": 1.0,
     }
     if num_gpus:
         total["GPU"] = float(num_gpus)

@@ -173,19 +173,59 @@ class ActorManager:
 
     # ------------------------------------------------------------ placing and losing
     async def _place(self, rec: ActorRecord) -> None:
+        try:
+            await self._place_once(rec)
+        except Exception as exc:  # never leave an actor pending forever
+            log.exception("placing actor %s failed", _ids.short(rec.actor_id))
+            self._mark_dead(rec, f"it could not be placed: {exc}")
+
+    def _choose_node(self, rec: ActorRecord) -> dict[str, Any] | None:
+        """The node for an actor: its affinity if it has one (and that node lives), else the best fit."""
+        resources: dict[str, float] = rec.spec["resources"]
+        affinity = rec.spec.get("affinity")
+        if affinity:
+            node = next(
+                (n for n in self.head.nodes.values() if n["alive"] and n["node_id"].hex() == affinity["node_id"]), None
+            )
+            if node is not None or not affinity["soft"]:
+                return node
+        return self.head.pick_node(resources)
+
+    async def _place_once(self, rec: ActorRecord) -> None:
         spec = rec.spec
         resources: dict[str, float] = spec["resources"]
-        node = self.head.pick_node(resources)
+        node = self._choose_node(rec)
         if node is None:
-            self._mark_dead(rec, f"no node has the resources it needs ({resources})")
+            affinity = spec.get("affinity")
+            if affinity and not affinity["soft"]:
+                self._mark_dead(rec, f"its node {affinity['node_id'][:8]} (NodeAffinitySchedulingStrategy) is dead or unknown")
+            else:
+                self._mark_dead(rec, f"no node has the resources it needs ({resources})")
             return
+        # Count the placement at once: the node's next heartbeat corrects the view, and until
+        # then the next actor does not pick the same "free" CPU.
+        for k, v in resources.items():
+            node["available"][k] = node["available"].get(k, 0.0) - v
+        pinned = bool(spec.get("affinity")) and not spec["affinity"]["soft"]
         node_conn = await self.head.node_client(node["node_id"])
         try:
-            grant = await node_conn.request(
-                m.RequestLease(rid=0, resources=resources, dedicated=True, label=rec.meta.get("class_name", ""))
-            )
+            label = "affinity:actor" if pinned else "actor"
+            grant = await node_conn.request(m.RequestLease(rid=0, resources=resources, dedicated=True, label=label))
+            for _ in range(3):  # the node is full and points elsewhere: follow, once settled there
+                if "redirect" not in grant:
+                    break
+                target = next((n for n in self.head.nodes.values() if n["address"] == grant["redirect"]), None)
+                if target is None:
+                    break
+                node_conn = await self.head.node_client(target["node_id"])
+                grant = await node_conn.request(
+                    m.RequestLease(rid=0, resources=resources, dedicated=True, label="affinity:actor")
+                )
         except (RemoteCallError, ConnectionLost) as exc:
             self._mark_dead(rec, f"it could not be placed: {exc}")
+            return
+        if "lease_id" not in grant:
+            self._mark_dead(rec, f"it could not be placed: no node took it ({grant})")
             return
         if rec.state is ActorState.DEAD:  # killed while waiting for a worker
             node_conn.send(m.ReturnLease(lease_id=grant["lease_id"], kill=True))

@@ -384,9 +384,15 @@ class NodeService(Service):
             os.pwrite(item[0], msg.data, msg.offset)
 
     async def _send_object(self, conn: Connection, msg: m.PullObject) -> None:
-        try:
-            fd = os.open(self.store.path(msg.object_id), os.O_RDONLY)
-        except FileNotFoundError:
+        fd = -1
+        # In memory, on disk (spilled), or in memory again (caught while being moved).
+        for path in (self.store.path(msg.object_id), self.store.spill_path(msg.object_id), self.store.path(msg.object_id)):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                break
+            except FileNotFoundError:
+                continue
+        if fd < 0:
             conn.reply(msg.rid, error="this node no longer holds it")
             return
         try:

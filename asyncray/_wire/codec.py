@@ -47,8 +47,14 @@ class FrameDecoder:
         """Bytes held for a frame not yet complete."""
         return len(self._buf)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+    def feed(
+        self, data: bytes | bytearray | memoryview, *, max_messages: int | None = None, max_frame_bytes: int | None = None
+    ) -> list[Message]:
         """Add bytes; return every message completed by them, in order.
+
+        ``max_messages`` stops after that many (the rest stays buffered for the next call);
+        ``max_frame_bytes`` lowers the size limit for this call (a peer not yet authenticated
+        may not make us buffer much).
 
         Raises:
             ProtocolError: the declared length is over the limit, the body is not msgpack,
@@ -61,13 +67,12 @@ class FrameDecoder:
         out: list[Message] = []
         pos = 0
         n = len(buf)
+        limit = self._max if max_frame_bytes is None else min(self._max, max_frame_bytes)
         try:
-            while n - pos >= _HEADER_BYTES:
+            while n - pos >= _HEADER_BYTES and (max_messages is None or len(out) < max_messages):
                 length = int.from_bytes(buf[pos : pos + _HEADER_BYTES], "big")
-                if length > self._max:
-                    raise ProtocolError(
-                        f"frame declares {length} bytes, over the {self._max}-byte limit"
-                    )
+                if length > limit:
+                    raise ProtocolError(f"frame declares {length} bytes, over the {limit}-byte limit")
                 end = pos + _HEADER_BYTES + length
                 if end > n:
                     break

@@ -8,6 +8,7 @@ many frames, and frames sent in one loop iteration are coalesced into a single w
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
 import os
@@ -18,6 +19,10 @@ from asyncray._wire.codec import FrameDecoder, encode
 from asyncray._wire.messages import Hello, Message, ProtocolError, Reply
 
 log = logging.getLogger(__name__)
+
+# Before a peer proves it has the cluster token it may send one small frame, in this time.
+MAX_HELLO_BYTES = 64 * 1024
+HELLO_TIMEOUT_S = 10.0
 
 Handler = Callable[["Connection", Message], None]
 
@@ -62,23 +67,38 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self._expect_hello:
+            self._loop.call_later(HELLO_TIMEOUT_S, self._hello_deadline)
+
+    def _hello_deadline(self) -> None:
+        if self._expect_hello and self._transport is not None:
+            log.warning("connection %s sent no Hello within %g s; closing it", self.name, HELLO_TIMEOUT_S)
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
         try:
+            if self._expect_hello:
+                # Nothing but one small Hello is decoded before the token is checked.
+                first = self._decoder.feed(data, max_messages=1, max_frame_bytes=MAX_HELLO_BYTES)
+                if not first:
+                    return
+                hello = first[0]
+                if not (
+                    isinstance(hello, Hello) and isinstance(hello.token, str)
+                    and hmac.compare_digest(hello.token.encode(), self._token.encode())
+                ):
+                    log.warning("connection %s refused: missing or wrong cluster token", self.name)
+                    self.abort()
+                    return
+                self._expect_hello = False
+                self.peer = hello
+                data = b""
             msgs = self._decoder.feed(data)
         except ProtocolError as exc:
             log.warning("protocol error on %s, closing it: %s", self.name or "connection", exc)
-            self.close()
+            self.abort()
             return
         for msg in msgs:
-            if self._expect_hello:
-                if not (isinstance(msg, Hello) and msg.token == self._token):
-                    log.warning("connection %s refused: missing or wrong cluster token", self.name)
-                    self.close()
-                    return
-                self._expect_hello = False
-                self.peer = msg
-                continue
             if type(msg) is Reply:
                 fut = self._pending.pop(msg.rid, None)
                 if fut is not None and not fut.done():
