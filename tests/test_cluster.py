@@ -32,6 +32,8 @@ import psutil
 import pytest
 from conftest import wait_for
 
+from asyncray._procs import pid_alive
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 RESULT = "RESULT "
@@ -506,6 +508,80 @@ def test_status_then_stop_leaves_nothing() -> None:
         assert "nothing" in c.cli("stop").stdout  # a second stop is harmless
         st = c.cli("status", check=False)
         assert st.returncode != 0
+
+
+def test_nodes_joining_at_once_are_all_recorded() -> None:
+    """Two ``start --address`` at the same moment: both nodes end up in cluster.json (its
+    updates are locked), both join, and ``stop`` ends every recorded daemon and its workers."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1")
+        cmd = [sys.executable, "-m", "asyncray.cli", "start", "--address", c.address, "--num-cpus", "1"]
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.env, cwd=c.tmpdir)
+            for _ in range(2)
+        ]  # both launched before waiting for either
+        outs: list[tuple[str, str]] = []
+        try:
+            for proc in procs:
+                outs.append(proc.communicate(timeout=60))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        for proc, (out, err) in zip(procs, outs, strict=True):
+            assert proc.returncode == 0, out + err
+        printed = sorted(int(m.group(1)) for out, _ in outs for m in [re.search(r"\(pid (\d+)\)", out)] if m)
+        assert len(printed) == 2, outs
+        info = c.info()
+        assert sorted(p["role"] for p in info["processes"]) == ["head", "node", "node"], info
+        assert sorted(c.daemon_pids("node")) == printed, info
+        recorded = c.daemon_pids()
+        assert len(set(recorded)) == 3
+        nodes = c.nodes()
+        assert len(nodes) == 3 and all(n["state"] == "ALIVE" for n in nodes), c.status()
+        workers: list[psutil.Process] = []
+        for pid in recorded:
+            with contextlib.suppress(psutil.Error):
+                workers += psutil.Process(pid).children(recursive=True)
+        c.stop()
+        left = lambda: [pid for pid in recorded + [w.pid for w in workers] if pid_alive(pid)]
+        assert wait_for(lambda: not left(), timeout=10), left()
+
+
+def test_stop_ends_frozen_processes() -> None:
+    """A daemon and workers that ignore everything (SIGSTOP) are killed by ``stop`` after its grace."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1")
+        res = c.driver("""
+            asyncray.init(address="auto")
+
+            @asyncray.remote
+            def f():
+                return os.getpid()
+
+            result(pid=asyncray.get(f.remote()))
+        """)
+        daemon = c.daemon_pids("head")[0]
+        workers = [p for p in psutil.Process(daemon).children(recursive=True) if "asyncray._worker" in _cmdline(p)]
+        assert res["pid"] and workers, c.processes()  # the leased worker goes with the driver; a fresh one waits
+        pids = [daemon, *(w.pid for w in workers)]
+        shm = [d for d in c.dirs() if d.startswith("/dev/shm/")]
+        assert shm and all(os.path.isdir(d) for d in shm), c.dirs()
+        c.track()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        assert wait_for(lambda: psutil.Process(daemon).status() == psutil.STATUS_STOPPED, timeout=5)
+        t0 = time.monotonic()
+        proc = c.cli("stop", "--grace", "1", check=False, timeout=30)
+        elapsed = time.monotonic() - t0
+        c.stopped = True
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert elapsed < 15, elapsed
+        left = lambda: [pid for pid in pids if pid_alive(pid)]
+        assert wait_for(lambda: not left(), timeout=5), left()
+        assert not [g for d in shm for g in glob.glob(d + "*")], glob.glob("/dev/shm/asyncray-*")  # store and its -spill
+        assert not os.path.exists(os.path.join(c.sessions, "cluster.json"))
 
 
 # ====================================================================== failures

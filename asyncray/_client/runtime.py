@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import glob
+import importlib
 import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -45,6 +47,28 @@ def _sweep_stale_sessions() -> None:
             pid_text = os.path.basename(path).split("-")[-2].lstrip("s")
             if pid_text.isdigit() and not pid_alive(int(pid_text)):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+# The dashboard of an embedded cluster starts this long after init() (see _start_dashboard_later).
+DASHBOARD_DELAY_S = 0.5
+DASHBOARD_PORT_TRIES = 20
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``port``, or the next free one after it."""
+    last: OSError | None = None
+    for candidate in range(port, port + DASHBOARD_PORT_TRIES + 1) if port else [0]:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, candidate))
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise OSError(f"no free port for the dashboard in {host}:{port}..{port + DASHBOARD_PORT_TRIES}: {last}")
 
 
 def new_session_dir(name: str) -> str:
@@ -109,6 +133,7 @@ class Runtime:
         self.head: HeadService | None = None
         self.node: NodeService | None = None
         self.dashboard: Any = None  # asyncray.dashboard.DashboardService when one is running
+        self._dashboard_task: asyncio.Task[None] | None = None
         self.session_dir = ""
         self.info: RuntimeInfo | None = None
         self.namespace = "default"
@@ -136,18 +161,15 @@ class Runtime:
         self.head = HeadService(f"unix:{self.session_dir}/head.sock")
         await self.head.start()
         dashboard_url = None
-        if include_dashboard is not False:
+        if include_dashboard:  # asked for explicitly: start it now, and failing to is an error
             from asyncray.dashboard import start_dashboard
 
-            try:
-                self.dashboard = await start_dashboard(self.head, dashboard_host, dashboard_port, token=self.head.token)
-            except (OSError, ValueError) as exc:
-                if include_dashboard:  # asked for explicitly: not having it is an error
-                    raise
-                log.warning("asyncray: no dashboard: %s", exc)
-            else:
-                dashboard_url = self.dashboard.url
-                sys.stderr.write(f"asyncray: dashboard at {dashboard_url}\n")
+            self.dashboard = await start_dashboard(self.head, dashboard_host, dashboard_port, token=self.head.token)
+            dashboard_url = self.dashboard.url
+        elif include_dashboard is None:
+            dashboard_url = self._start_dashboard_later(dashboard_host, dashboard_port)
+        if dashboard_url:
+            sys.stderr.write(f"asyncray: dashboard at {dashboard_url}\n")
         self.node = NodeService(
             NodeConfig(
                 node_id=node_id,
@@ -212,10 +234,43 @@ class Runtime:
         self.info = RuntimeInfo(address=head_address, node_id=node["node_id"].hex(), session_dir=self.session_dir)
         return self.info
 
+    def _start_dashboard_later(self, host: str, port: int) -> str | None:
+        """Bind the dashboard's port now, serve it a moment later.
+
+        Importing aiohttp costs about a quarter of a second; done in a thread after the
+        first tasks had their chance, it never delays ``init()`` or the first task.
+        """
+        try:
+            sock = bind_port(host, port)
+        except OSError as exc:
+            log.warning("asyncray: no dashboard: %s", exc)
+            return None
+        bound = sock.getsockname()[1]
+
+        async def serve() -> None:
+            try:
+                await asyncio.sleep(DASHBOARD_DELAY_S)
+                loop = asyncio.get_running_loop()
+                module = await loop.run_in_executor(None, importlib.import_module, "asyncray.dashboard")
+                assert self.head is not None
+                self.dashboard = await module.start_dashboard(self.head, host, bound, token=self.head.token, sock=sock)
+            except asyncio.CancelledError:
+                sock.close()
+                raise
+            except Exception as exc:
+                sock.close()
+                log.warning("asyncray: the dashboard did not start: %s", exc)
+
+        self._dashboard_task = asyncio.get_running_loop().create_task(serve())
+        return f"http://{host}:{bound}"
+
     async def stop(self) -> None:
         """Stop the core, then the node (ending its workers), then the head."""
         install(None)
         try:
+            if self._dashboard_task is not None:
+                self._dashboard_task.cancel()
+                await asyncio.gather(self._dashboard_task, return_exceptions=True)
             if self.dashboard is not None:
                 await self.dashboard.stop()
             if self.core is not None:

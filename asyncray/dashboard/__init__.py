@@ -50,8 +50,12 @@ class DashboardService(Service):
 
     name = "dashboard"
 
-    def __init__(self, head: HeadService, host: str = "127.0.0.1", port: int = 8265, *, token: str = "") -> None:
+    def __init__(
+        self, head: HeadService, host: str = "127.0.0.1", port: int = 8265, *, token: str = "",
+        sock: socket.socket | None = None,
+    ) -> None:
         super().__init__()
+        self.sock = sock
         self.head = head
         self.host = host
         self.port = port
@@ -75,6 +79,11 @@ class DashboardService(Service):
         app = build_app(self)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        if self.sock is not None:
+            await web.SockSite(self._runner, self.sock).start()
+            self.url = f"http://{self.host}:{self.port}"
+            self.spawn(self._probe_lag(), "loop-lag-probe")
+            return
         last_error: OSError | None = None
         ports = [self.port] if self.port == 0 else range(self.port, self.port + PORT_TRIES + 1)
         for port in ports:
@@ -122,7 +131,9 @@ class DashboardService(Service):
             self._runner = None
 
 
-async def start_dashboard(head: HeadService, host: str = "127.0.0.1", port: int = 8265, *, token: str = "") -> DashboardService:
+async def start_dashboard(
+    head: HeadService, host: str = "127.0.0.1", port: int = 8265, *, token: str = "", sock: socket.socket | None = None
+) -> DashboardService:
     """Serve the dashboard for ``head`` on ``host:port`` (or one of the next ports if taken).
 
     Args:
@@ -131,6 +142,7 @@ async def start_dashboard(head: HeadService, host: str = "127.0.0.1", port: int 
             (``Authorization: Bearer <token>``, or ``?token=`` once, which sets a cookie).
         port: first port to try; 0 picks a free one.
         token: the cluster token.
+        sock: an already bound listening socket to serve on (then ``port`` is its port).
 
     Returns:
         The running service; ``.url`` is its address, ``await .stop()`` ends it.
@@ -139,7 +151,7 @@ async def start_dashboard(head: HeadService, host: str = "127.0.0.1", port: int 
         OSError: no port in the range could be bound.
         ValueError: a non-loopback host without a token.
     """
-    service = DashboardService(head, host, port, token=token)
+    service = DashboardService(head, host, port, token=token, sock=sock)
     await service.start()
     return service
 
