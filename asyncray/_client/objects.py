@@ -292,6 +292,16 @@ class ObjectTable:
                 err = ObjectLostError(f"object {desc[1].hex()} is lost: {res}")
                 desc[:] = ser.error_descriptor(err)
 
+    def holds_error(self, ref: ObjectRef) -> bool:
+        """True when a ready ref's outcome is an error."""
+        entry = self._objects.get(ref.id)
+        return entry is not None and entry.desc is not None and entry.desc[0] == ser.ERROR
+
+    def needs_localizing(self, ref: ObjectRef) -> bool:
+        """True when a ready ref's value sits on another node and is not copied here yet."""
+        entry = self._objects.get(ref.id)
+        return entry is not None and entry.desc is not None and ser.is_remote(entry.desc, self.store)
+
     async def localize_refs(self, refs: list[ObjectRef]) -> None:
         """``localize`` for ready refs, from any loop."""
         descs = [e.desc for r in refs if (e := self._objects.get(r.id)) is not None and e.desc is not None]

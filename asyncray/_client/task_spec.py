@@ -91,7 +91,7 @@ def _encode_one(core: Core, value: Any, what: str, deps: list[ObjectRef]) -> lis
         data, bufs = ser.dumps(value)
     except Exception as exc:
         raise SerializationError(f"{what} ({type(value).__name__}) cannot be pickled: {exc}") from exc
-    size = len(data) + sum(b.raw().nbytes for b in bufs)
+    size = len(data) + sum(b.raw().nbytes for b in bufs) if bufs else len(data)
     if size <= ser.INLINE_MAX_BYTES:
         return [ser.INLINE, data, [b.raw().tobytes() for b in bufs]]
     # Large arguments go through the object store, never through a control frame (SPEC 2).
