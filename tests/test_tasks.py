@@ -212,9 +212,18 @@ def test_bad_options_fail_at_the_call_site(ray):
         add.options(resources={"foo": -2})
 
 
-def test_infeasible_resources_fail_with_a_clear_error(ray):
+def test_infeasible_resources_warn_at_once_then_fail_with_a_clear_error(ray, capfd, monkeypatch):
+    monkeypatch.setenv("ASYNCRAY_UNSCHEDULABLE_TIMEOUT_S", "1.5")
+    ref = add.options(num_cpus=64).remote(1, 2)
+    from conftest import wait_for
+
+    seen = []
+    assert wait_for(lambda: seen.append(capfd.readouterr().err) or "cannot be scheduled yet" in "".join(seen), 1.0)
+    assert "CPU=64" in "".join(seen)
+    t = time.monotonic()
     with pytest.raises(exc.TaskUnschedulableError, match="CPU=64"):
-        ray.get(add.options(num_cpus=64).remote(1, 2), timeout=10)
+        ray.get(ref, timeout=10)
+    assert time.monotonic() - t < 3
 
 
 def test_calling_remote_function_directly_is_a_type_error(ray):

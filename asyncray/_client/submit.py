@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -41,6 +42,9 @@ MAX_LEASE_REQUESTS = 16
 REPORT_INTERVAL_S = 1.0
 MAX_EVENTS_PER_REPORT = 20_000
 MAX_LIVE_IN_REPORT = 1000
+# Tasks no node can run are retried this often, and fail after the timeout (env var overrides).
+UNSCHEDULABLE_RETRY_S = 0.5
+DEFAULT_UNSCHEDULABLE_TIMEOUT_S = 5.0
 # A node that is full may point a lease request to another node, at most this many times.
 MAX_REDIRECTS = 3
 # Tasks of a function known to run shorter than this are pipelined: up to PIPELINE_DEPTH sit
@@ -73,11 +77,12 @@ class _Lease:
 class _SchedQueue:
     """Ready tasks of one resource shape, and the leases that serve them."""
 
-    __slots__ = ("idle", "requesting", "resources", "strategy", "tasks")
+    __slots__ = ("idle", "requesting", "resources", "strategy", "tasks", "unschedulable_since")
 
     def __init__(self, resources: dict[str, float], strategy: Any) -> None:
         self.resources = resources
         self.strategy = strategy
+        self.unschedulable_since = 0.0  # when no node could ever run these (0: they can)
         self.tasks: deque[TaskSpec] = deque()
         self.idle: list[_Lease] = []
         self.requesting = 0
@@ -205,16 +210,20 @@ class TaskSubmitter:
                     break
                 node_conn = await self._peer(grant["redirect"])
                 grant = await node_conn.request(m.RequestLease(rid=0, resources=q.resources, label="affinity:redirected"))
-        except (RemoteCallError, TaskUnschedulableError) as exc:
+        except TaskUnschedulableError as exc:  # a hard node affinity to a dead node
             q.requesting -= 1
-            err = exc if isinstance(exc, TaskUnschedulableError) else TaskUnschedulableError(f"task cannot be scheduled: {exc}")
-            self._fail_queue(q, err)
+            self._fail_queue(q, exc)
+            return
+        except RemoteCallError as exc:
+            q.requesting -= 1
+            self._unschedulable(q, str(exc))
             return
         except (ConnectionLost, OSError):
             q.requesting -= 1
             self.loop.call_later(0.2, self._pump, q)  # the node went away; try again shortly
             return
         q.requesting -= 1
+        q.unschedulable_since = 0.0
         if "redirect" in grant:
             self._pump(q)
             return
@@ -260,6 +269,27 @@ class TaskSubmitter:
             state = await self.head.request(m.GetClusterState(rid=0))
             self._view, self._view_at = state["nodes"], now
         return self._view
+
+    def _unschedulable(self, q: _SchedQueue, reason: str) -> None:
+        """No node can run these tasks: say so at once, keep asking (a node may join), then fail.
+
+        The wait is ``ASYNCRAY_UNSCHEDULABLE_TIMEOUT_S`` (default 5 s); ``get`` then raises
+        TaskUnschedulableError naming the resource. Never a silent hang.
+        """
+        now = time.monotonic()
+        timeout = float(os.environ.get("ASYNCRAY_UNSCHEDULABLE_TIMEOUT_S", DEFAULT_UNSCHEDULABLE_TIMEOUT_S))
+        if not q.unschedulable_since:
+            q.unschedulable_since = now
+            names = sorted({t.fn.name for t in q.tasks})
+            sys.stderr.write(
+                f"asyncray: warning: {', '.join(names) or 'a task'} cannot be scheduled yet: {reason.removeprefix('unschedulable: ')}; "
+                f"it fails in {timeout:g} s unless a node that fits joins\n"
+            )
+        if now - q.unschedulable_since >= timeout or self._closed:
+            q.unschedulable_since = 0.0
+            self._fail_queue(q, TaskUnschedulableError(f"task cannot be scheduled: {reason} (waited {timeout:g} s)"))
+            return
+        self.loop.call_later(UNSCHEDULABLE_RETRY_S, self._pump, q)
 
     def _fail_queue(self, q: _SchedQueue, exc: Exception) -> None:
         desc = ser.error_descriptor(exc)
