@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import time
@@ -23,6 +24,40 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, interval: float = 
             return True
         time.sleep(interval)
     return cond()
+
+
+class LoopLagProbe:
+    """Measures how late a running event loop wakes a sleeper: a blocked loop shows up here.
+
+    Use as ``async with LoopLagProbe() as probe: ...``, then look at ``probe.worst``.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            t0 = loop.time()
+            await asyncio.sleep(self.interval)
+            self.lags.append(loop.time() - t0 - self.interval)
+
+    @property
+    def worst(self) -> float:
+        """The longest extra wait seen, in seconds."""
+        return max(self.lags, default=0.0)
+
+    async def __aenter__(self) -> LoopLagProbe:
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
 
 
 def _children() -> list[psutil.Process]:

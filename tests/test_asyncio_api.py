@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from conftest import LoopLagProbe
 
 import asyncray
 from asyncray import aio
@@ -85,22 +86,10 @@ async def test_async_tasks_and_concurrency(aio_runtime):
 
 
 async def test_submitting_never_blocks_the_loop(aio_runtime):
-    lags: list[float] = []
-    stop = asyncio.Event()
-
-    async def ticker() -> None:
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            t0 = loop.time()
-            await asyncio.sleep(0.005)
-            lags.append(loop.time() - t0)
-
-    tick = asyncio.create_task(ticker())
-    refs = [nap.remote(i, 0.2) for i in range(8)]
-    assert await asyncio.gather(*refs) == list(range(8))
-    stop.set()
-    await tick
-    assert max(lags) < 0.3
+    async with LoopLagProbe() as probe:
+        refs = [nap.remote(i, 0.2) for i in range(8)]
+        assert await asyncio.gather(*refs) == list(range(8))
+    assert probe.worst < 0.3
 
 
 async def test_blocking_call_on_the_runtime_loop_names_the_aio_twin(aio_runtime):

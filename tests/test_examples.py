@@ -15,13 +15,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,15 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 TAG_VAR = "ASYNCRAY_EXAMPLE_TEST_TAG"
 RUN_TIMEOUT_S = 100.0
-
-
-def _wait_for(cond: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return cond()
 
 
 def _tagged_processes(tag: str) -> list[str]:
@@ -89,8 +79,8 @@ def run_example(name: str, *, cwd: Path = EXAMPLES, scale: float | None = None) 
             pytest.fail(f"{name} did not finish in {RUN_TIMEOUT_S} s\nstdout:\n{out}\nstderr:\n{err}")
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert result.returncode == 0, f"{name} exited {result.returncode}\nstdout:\n{out}\nstderr:\n{err}"
-    assert _wait_for(lambda: not _tagged_processes(tag)), f"{name} left processes behind: {_tagged_processes(tag)}"
-    assert _wait_for(lambda: not _session_dirs(proc.pid)), f"{name} left directories behind: {_session_dirs(proc.pid)}"
+    assert wait_for(lambda: not _tagged_processes(tag)), f"{name} left processes behind: {_tagged_processes(tag)}"
+    assert wait_for(lambda: not _session_dirs(proc.pid)), f"{name} left directories behind: {_session_dirs(proc.pid)}"
     return result
 
 
