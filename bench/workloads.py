@@ -21,13 +21,19 @@ import importlib
 import json
 import os
 import re
+import secrets
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -55,13 +61,16 @@ class Config:
     small_calls: int = 10_000
     actor_calls: int = 10_000
     nn_calls_per_caller: int = 2000
+    transfer_repeats: int = 5
+    two_node_tasks: int = 10_000
     settle_s: float = 2.0
 
     @classmethod
     def make(cls, quick: bool, tiny_tasks: int | None) -> Config:
         """Defaults, or the quick sizes; an explicit ``tiny_tasks`` wins over both."""
         if quick:
-            base = cls(quick=True, tiny_tasks=10_000, put_repeats=3, small_calls=5000)
+            base = cls(quick=True, tiny_tasks=10_000, put_repeats=3, small_calls=5000, transfer_repeats=3,
+                       two_node_tasks=5000)
         else:
             base = cls()
         if tiny_tasks is not None:
@@ -530,6 +539,340 @@ def wl_actor_nn(mod: ModuleType, cfg: Config) -> Metrics:
     return {"calls_per_s": rate(per * len(actors), dt)}
 
 
+# --------------------------------------------------------------------------- two-node cluster workloads
+#
+# These start a real cluster with the framework's own CLI (``asyncray start`` / ``ray start``): a head
+# and a second node as separate processes on this machine, with distinct ports. The workload process
+# got a private TMPDIR before importing the framework (see ``main``), so the CLI's records
+# (``$TMPDIR/asyncray-sessions/cluster.json``, Ray's ``$TMPDIR/ray``) never meet another cluster's.
+# The cluster is always stopped in a ``finally``, and whatever the stop left (processes, shared-memory
+# directories) is removed by pid / path and counted in the ``left_*`` metrics (0 is right).
+
+TRANSFER_ELEMS = 25_000_000  # float64: 200 MB, the object size of issue 5
+CLUSTER_START_TIMEOUT_S = 120.0
+CLUSTER_STOP_GRACE_S = 15.0
+ON_HEAD = {"resources": {"h": 1}}
+ON_B = {"resources": {"b": 1}}
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(p: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _tree(pids: list[int]) -> list[Any]:
+    """The processes and all their descendants, as psutil handles (they remember create_time)."""
+    import psutil
+
+    out: dict[int, Any] = {}
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            out[p.pid] = p
+            for c in p.children(recursive=True):
+                out[c.pid] = c
+        except psutil.Error:
+            continue
+    return list(out.values())
+
+
+def _kill_survivors(procs: list[Any], grace: float) -> int:
+    """Wait ``grace`` s for the processes to exit, then SIGKILL (by pid) the ones still running."""
+    import psutil
+
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in procs):
+        time.sleep(0.1)
+    killed = 0
+    for p in procs:
+        if _alive(p):  # is_running() also checks that the pid was not reused
+            try:
+                p.kill()
+                killed += 1
+            except psutil.Error:
+                pass
+    return killed
+
+
+class _ClusterCLI:
+    """Start and stop a head and one more node with a framework's CLI, leaving nothing behind."""
+
+    def __init__(self) -> None:
+        self.address = ""
+        self.left: Metrics = {"left_processes": 0, "left_shm_dirs": 0}
+
+    def start_head(self, num_cpus: int, resources: dict[str, float]) -> str:
+        raise NotImplementedError
+
+    def start_node(self, num_cpus: int, resources: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class _AsyncrayCLI(_ClusterCLI):
+    """``python -m asyncray.cli start --head`` / ``start --address`` / ``stop``."""
+
+    def _cli(self, *args: str) -> str:
+        cmd = [sys.executable, "-m", "asyncray.cli", *args]
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=CLUSTER_START_TIMEOUT_S)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[2:])} failed ({r.returncode}): {(r.stdout + r.stderr).strip()[-600:]}")
+        return r.stdout
+
+    def start_head(self, num_cpus: int, resources: dict[str, float]) -> str:
+        port = _free_port()
+        self._cli("start", "--head", "--port", str(port), "--num-cpus", str(num_cpus),
+                  "--resources", json.dumps(resources), "--no-include-dashboard")
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    def start_node(self, num_cpus: int, resources: dict[str, float]) -> None:
+        self._cli("start", "--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources))
+
+    def stop(self) -> None:
+        from asyncray import _session
+
+        info = _session.read_cluster() or {}
+        entries = info.get("processes", [])
+        procs = _tree([int(e["pid"]) for e in entries])
+        dirs = [d for e in entries for d in (e.get("store_dir"), e.get("session_dir")) if d]
+        dirs += [e["store_dir"] + "-spill" for e in entries if e.get("store_dir")]
+        try:
+            self._cli("stop")
+        finally:
+            # asyncray stop already waits for its daemons and their workers: anything left is a bug.
+            self.left["left_processes"] = _kill_survivors(procs, 2.0)
+            for d in dirs:
+                if os.path.exists(d):
+                    self.left["left_shm_dirs"] += d.startswith("/dev/shm")
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+class _RayCLI(_ClusterCLI):
+    """``ray start --head --block`` / ``ray start --address --block``, each a child of this process.
+
+    Not ``ray stop``: it ends every Ray process of this user on the machine, other clusters' too. With
+    ``--block``, ``ray start`` stays in the foreground and, on SIGTERM, stops the processes it started
+    (gcs, raylet, agents, workers), so each node is stopped by the pid of its own ``ray start``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[subprocess.Popen[bytes]] = []
+        self.logs: list[str] = []
+
+    def _ray(self, name: str, *args: str) -> None:
+        exe = Path(sys.executable).with_name("ray")
+        cmd = [str(exe) if exe.exists() else "ray", "start", "--block", "--disable-usage-stats",
+               "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+               "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()), *args]
+        log_path = os.path.join(tempfile.gettempdir(), f"ray-start-{name}.log")
+        self.logs.append(log_path)
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.starts.append(proc)
+        deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
+        while True:
+            with open(log_path, errors="replace") as f:
+                text = f.read()
+            if "Ray runtime started" in text:
+                return
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
+                raise RuntimeError(f"ray start ({name}) {why}: {text.strip()[-600:]}")
+            time.sleep(0.2)
+
+    def start_head(self, num_cpus: int, resources: dict[str, float]) -> str:
+        port = _free_port()
+        self._ray("head", "--head", "--port", str(port), "--num-cpus", str(num_cpus),
+                  "--resources", json.dumps(resources), "--include-dashboard=false")
+        self.address = f"127.0.0.1:{port}"
+        return self.address
+
+    def start_node(self, num_cpus: int, resources: dict[str, float]) -> None:
+        self._ray("node", "--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources))
+
+    def stop(self) -> None:
+        procs = _tree([p.pid for p in self.starts])
+        for proc in reversed(self.starts):  # the node first, the head last
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(CLUSTER_STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.left["left_processes"] = _kill_survivors(procs, 2.0)
+        for proc in self.starts:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def two_node_cluster(
+    mod: ModuleType, head: tuple[int, dict[str, float]], node: tuple[int, dict[str, float]]
+) -> Iterator[_ClusterCLI]:
+    """A head and a second node started with the CLI, and this driver connected to the head.
+
+    ``head`` and ``node`` are (num_cpus, custom resources). Yields the cluster (its ``left`` metrics
+    are filled in once it has been stopped). The driver is shut down and the cluster stopped even
+    when starting it or the body raises.
+    """
+    cluster: _ClusterCLI = _AsyncrayCLI() if mod.__name__ == "asyncray" else _RayCLI()
+    try:
+        address = cluster.start_head(*head)
+        cluster.start_node(*node)
+        mod.init(address=address)
+        try:
+            want = {**head[1], **node[1]}
+            deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S
+            while True:
+                have = mod.cluster_resources()
+                if all(have.get(k, 0) >= v for k, v in want.items()) and have.get("CPU", 0) >= head[0] + node[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster never showed both nodes: {have}")
+                time.sleep(0.2)
+            yield cluster
+        finally:
+            mod.shutdown()
+    finally:
+        cluster.stop()
+
+
+def make_array(n: int) -> Any:
+    """The object that crosses: ``n`` float64 (checksum known: n*(n-1)/2, exact below 2**53)."""
+    import numpy as np
+
+    return np.arange(n, dtype=np.float64)
+
+
+def checksum(a: Any) -> float:
+    """The consumer: reads every byte of its argument."""
+    return float(a.sum())
+
+
+def node_id_of(mod_name: str) -> str:
+    """The no-op task of ``two_node_throughput``: which node ran it."""
+    return str(importlib.import_module(mod_name).get_runtime_context().get_node_id())
+
+
+def _timed_get(mod: ModuleType, ref: Any) -> tuple[Any, float]:
+    t0 = _now()
+    value = mod.get(ref)
+    return value, _now() - t0
+
+
+def wl_transfer(mod: ModuleType, cfg: Config) -> Metrics:
+    """200 MB from node B to the head's node: a task on the head consumes a ref made on B.
+
+    The object is made and finished (``wait``, without fetching) before the clock starts. Transfer
+    time = consumer on the remote object - the same consumer on an object made on its own node;
+    driver get = ``get`` in the driver of a remote object - ``get`` of an object on its own node.
+    """
+    prod = mod.remote(make_array)
+    cons = mod.remote(checksum)
+    n = TRANSFER_ELEMS
+    gb = n * 8 / 1e9
+    expect = n * (n - 1) / 2
+    with two_node_cluster(mod, (1, {"h": 1}), (1, {"b": 1})) as cluster:
+        node_fn = mod.remote(node_id_of)
+        head_id = mod.get(node_fn.options(**ON_HEAD).remote(mod.__name__))
+        b_id = mod.get(node_fn.options(**ON_B).remote(mod.__name__))
+        driver_id = mod.get_runtime_context().get_node_id()
+        assert head_id != b_id, "both pinned tasks ran on one node"
+        # The driver reads from its own node; a "remote" object for it is one made on the other node.
+        driver_far = ON_B if driver_id != b_id else ON_HEAD
+        driver_near = ON_HEAD if driver_far is ON_B else ON_B
+        # Warm up: workers on both nodes, numpy imported, functions exported, one small crossing.
+        small = prod.options(**ON_B).remote(1000)
+        assert mod.get(cons.options(**ON_HEAD).remote(small)) == 1000 * 999 / 2
+        mod.get(small)
+        del small
+
+        def ready(opts: dict[str, Any]) -> Any:
+            ref = prod.options(**opts).remote(n)
+            mod.wait([ref], fetch_local=False)  # done, but not pulled anywhere yet
+            return ref
+
+        local_s, remote_s, drv_near_s, drv_far_s = [], [], [], []
+        for _ in range(cfg.transfer_repeats):
+            ref = ready(ON_HEAD)
+            s, dt = _timed_get(mod, cons.options(**ON_HEAD).remote(ref))
+            assert s == expect, s
+            local_s.append(dt)
+            del ref
+            ref = ready(ON_B)
+            s, dt = _timed_get(mod, cons.options(**ON_HEAD).remote(ref))
+            assert s == expect, f"checksum {s} after the crossing, expected {expect}"
+            remote_s.append(dt)
+            del ref
+            ref = ready(driver_near)
+            a, dt = _timed_get(mod, ref)
+            drv_near_s.append(dt)
+            assert a.nbytes == n * 8 and a[-1] == n - 1
+            del a, ref
+            ref = ready(driver_far)
+            a, dt = _timed_get(mod, ref)
+            drv_far_s.append(dt)
+            assert a.nbytes == n * 8 and a[-1] == n - 1 and float(a.sum()) == expect
+            del a, ref
+            time.sleep(0.3)  # let the stores free them
+    transfer_s = statistics.median(r - x for r, x in zip(remote_s, local_s, strict=True))
+    drv_s = statistics.median(f - x for f, x in zip(drv_far_s, drv_near_s, strict=True))
+    return {
+        "transfer_gbps": gb / max(transfer_s, 1e-6),
+        "transfer_s": transfer_s,
+        "consumer_remote_s": statistics.median(remote_s),
+        "consumer_local_s": statistics.median(local_s),
+        "driver_get_gbps": gb / max(drv_s, 1e-6),
+        "driver_get_remote_s": statistics.median(drv_far_s),
+        "driver_get_local_s": statistics.median(drv_near_s),
+        "driver_on_head_node": int(driver_id == head_id),
+        **cluster.left,
+    }
+
+
+def wl_two_node_throughput(mod: ModuleType, cfg: Config) -> Metrics:
+    """N no-op tasks (each returns its node id) from one driver into a 1+1 CPU two-node cluster."""
+    f = mod.remote(node_id_of)
+    name = mod.__name__
+    with two_node_cluster(mod, (1, {"h": 1}), (1, {"b": 1})) as cluster:
+        head_id = mod.get(f.options(**ON_HEAD).remote(name))
+        b_id = mod.get(f.options(**ON_B).remote(name))
+        mod.get([f.remote(name) for _ in range(200)])  # warm-up: workers on both nodes
+        n = cfg.two_node_tasks
+        t0 = _now()
+        refs = [f.remote(name) for _ in range(n)]
+        t_sub = _now()
+        out = mod.get(refs)
+        dt = _now() - t0
+        counts = {nid: out.count(nid) for nid in set(out)}
+    return {
+        "tasks_per_s": rate(n, dt),
+        "submit_us_per_task": (t_sub - t0) * 1e6 / n,
+        "on_head_node": counts.get(head_id, 0),
+        "on_other_node": counts.get(b_id, 0),
+        **cluster.left,
+    }
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -540,6 +883,7 @@ class Workload:
     fn: Callable[[ModuleType, Config], Metrics]
     metrics: dict[str, tuple[str, str]] = field(default_factory=dict)
     actor: bool = False
+    cluster: bool = False  # starts its own multi-node cluster: runs with a private TMPDIR
 
 
 LOWER, HIGHER, INFO = "lower", "higher", "info"
@@ -569,6 +913,14 @@ WORKLOADS: dict[str, Workload] = {
     "actor_pipelined": Workload(wl_actor_pipelined, {"calls_per_s": ("/s", HIGHER)}, actor=True),
     "actor_async": Workload(wl_actor_async, {"calls_per_s": ("/s", HIGHER)}, actor=True),
     "actor_nn": Workload(wl_actor_nn, {"calls_per_s": ("/s", HIGHER)}, actor=True),
+    "transfer": Workload(wl_transfer, {
+        "transfer_gbps": ("GB/s", HIGHER), "transfer_s": ("s", LOWER), "consumer_remote_s": ("s", LOWER),
+        "consumer_local_s": ("s", LOWER), "driver_get_gbps": ("GB/s", HIGHER), "driver_get_remote_s": ("s", LOWER),
+        "driver_get_local_s": ("s", LOWER), "driver_on_head_node": ("", INFO),
+        "left_processes": ("", LOWER), "left_shm_dirs": ("", LOWER)}, cluster=True),
+    "two_node_throughput": Workload(wl_two_node_throughput, {
+        "tasks_per_s": ("/s", HIGHER), "submit_us_per_task": ("us", LOWER), "on_head_node": ("", INFO),
+        "on_other_node": ("", INFO), "left_processes": ("", LOWER), "left_shm_dirs": ("", LOWER)}, cluster=True),
 }
 
 IMPORT_S = 0.0  # set by main(): seconds to import the framework module
@@ -591,20 +943,49 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     cfg = Config.make(args.quick, args.tiny_tasks)
-    t0 = _now()
-    mod = importlib.import_module(args.framework)
-    IMPORT_S = _now() - t0
+    wl = WORKLOADS[args.workload]
+    # SIGTERM (bench/run.py's timeout) raises, so `finally` blocks stop what the workload started.
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    private_tmp = None
+    if wl.cluster:
+        # A private TMPDIR, set before the framework is imported (asyncray reads it at import): the
+        # CLI's cluster.json, Ray's temp dir and the session dirs are this run's alone.
+        private_tmp = tempfile.mkdtemp(prefix="bench-cluster-")
+        os.environ["TMPDIR"] = private_tmp
+        tempfile.tempdir = None
+        if args.framework == "ray":
+            # Ray 2.60's `ray start --head` turns token auth on by itself when ~/.ray/auth_token exists,
+            # but a joining `ray start --address` then runs with auth off and is refused. Say it
+            # explicitly, with a token of this run's own (asyncray always authenticates too).
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
-        result = WORKLOADS[args.workload].fn(mod, cfg)
-    except Skip as e:
-        emit({"skipped": str(e)})
+        t0 = _now()
+        mod = importlib.import_module(args.framework)
+        IMPORT_S = _now() - t0
+        try:
+            result = wl.fn(mod, cfg)
+        except Skip as e:
+            emit({"skipped": str(e)})
+            return 0
+        except Exception as e:
+            traceback.print_exc()
+            emit({"error": f"{type(e).__name__}: {e}"})
+            return 1
+        emit(result)
         return 0
-    except Exception as e:
-        traceback.print_exc()
-        emit({"error": f"{type(e).__name__}: {e}"})
-        return 1
-    emit(result)
-    return 0
+    finally:
+        if private_tmp is not None:
+            shutil.rmtree(private_tmp, ignore_errors=True)
+
+
+class Terminated(Exception):
+    """The process got SIGTERM."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated("SIGTERM (timed out?)")
 
 
 if __name__ == "__main__":

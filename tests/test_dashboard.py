@@ -304,6 +304,45 @@ async def test_loopback_needs_no_token_and_busy_port_moves_on() -> None:
         await head.stop()
 
 
+# ---------------------------------------------------------------- actor mailbox and loop lag
+@asyncray.remote
+class Napper:
+    async def nap(self, seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+
+async def test_actor_mailbox_and_loop_lag(cluster: dict[str, Any]) -> None:
+    """Five calls parked in an async actor show as its mailbox within ~3 s, with its loop lag;
+    sync actors show an empty mailbox and no loop lag."""
+    url = cluster["url"]
+    napper = Napper.remote()
+    assert asyncray.get(napper.nap.remote(0)) == 0
+    actor_id = napper.actor_id
+    refs = [napper.nap.remote(5) for _ in range(5)]
+
+    def row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return next(a for a in rows if a["actor_id"] == actor_id)
+
+    async with aiohttp.ClientSession() as s:
+        start = time.monotonic()
+        rows = await _poll(s, url + "/api/actors", lambda r: (row(r)["mailbox"] or 0) >= 5, timeout=3.5)
+        assert (row(rows)["mailbox"] or 0) >= 5, f"no mailbox depth reported in time: {row(rows)}"
+        assert time.monotonic() - start < 3.5
+        lag = row(rows)["loop_lag_ms"]
+        assert isinstance(lag, int | float) and 0 <= lag < 1000 and row(rows)["is_async"]
+        counters = [a for a in rows if a["class_name"] == "Counter" and a["state"] == "ALIVE"]
+        assert counters and all(a["mailbox"] == 0 and a["loop_lag_ms"] is None for a in counters)
+        async with s.get(url + "/metrics") as r:
+            text = await r.text()
+        assert _metric(text, "asyncray_actor_mailbox", actor_id=actor_id) >= 5
+        assert _metric(text, "asyncray_actor_loop_lag_seconds", actor_id=actor_id) >= 0
+        assert asyncray.get(refs, timeout=10) == [5] * 5
+        rows = await _poll(s, url + "/api/actors", lambda r: row(r)["mailbox"] == 0, timeout=4)
+        assert row(rows)["mailbox"] == 0
+    asyncray.kill(napper)
+
+
 def _tcp_listeners() -> list[Any]:
     return [c for c in psutil.Process().net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
 

@@ -5,11 +5,16 @@
 * async actor (any ``async def`` method): coroutines run concurrently on the worker's loop,
   at most ``max_concurrency`` at once; its sync methods run on a side thread, one at a time,
   so they cannot stall the coroutines (Ray runs them on the loop and stalls it).
+
+For the dashboard the host counts its mailbox (calls received, not finished yet) and, for
+an async actor, probes the worker's event-loop lag; ``stats()`` goes into the worker's
+once-a-second report to the head.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +35,11 @@ from asyncray._worker.executor import (
 
 log = logging.getLogger(__name__)
 
+# The loop-lag probe of an async actor: how often it sleeps, and over how many samples the
+# worst lag is reported (0.5 s x 10: the last 5 s).
+LAG_PROBE_INTERVAL_S = 0.5
+LAG_SAMPLES = 10
+
 
 class ActorHost:
     """Hosts one actor instance in this worker process."""
@@ -47,6 +57,8 @@ class ActorHost:
         self._semaphore: asyncio.Semaphore | None = None
         self._methods: dict[str, tuple[Any, bool]] = {}
         self._running: dict[bytes, Any] = {}
+        self.mailbox = 0  # calls received and not finished (loop thread only)
+        self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
 
     @classmethod
     def create(cls, executor: Any, conn: Connection, msg: m.CreateActor) -> None:
@@ -78,10 +90,24 @@ class ActorHost:
             return
         if self.is_async:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
+            self.core.spawn(self._probe_lag())
         elif self.max_concurrency > 1:
             self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="asyncray-actor")
         self.executor.actor_host = self
         conn.reply(msg.rid, {"ok": True})
+
+    async def _probe_lag(self) -> None:
+        """Measure how late the loop wakes a sleeper: a busy or blocked loop shows up here."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(LAG_PROBE_INTERVAL_S)
+            self._lags.append(max(0.0, loop.time() - t0 - LAG_PROBE_INTERVAL_S))
+
+    def stats(self) -> dict[str, Any]:
+        """For the worker's report: mailbox depth and (async actors) the worst recent loop lag."""
+        lag = round(max(self._lags, default=0.0) * 1000, 3) if self.is_async else None
+        return {"actor_id": self.actor_id, "mailbox": self.mailbox, "loop_lag_ms": lag}
 
     def _method(self, name: str) -> tuple[Any, bool]:
         entry = self._methods.get(name)
@@ -92,6 +118,7 @@ class ActorHost:
 
     def call(self, conn: Connection, msg: m.PushTask) -> None:
         """Run one method call (loop thread)."""
+        self.mailbox += 1
         if needs_localizing(self.core, msg):
             self.core.spawn(self._localize_then_call(conn, msg))
             return
@@ -100,23 +127,36 @@ class ActorHost:
     async def _localize_then_call(self, conn: Connection, msg: m.PushTask) -> None:
         # Note: a later call without remote arguments may overtake this one (rare: only
         # calls whose arguments live on another node wait here).
-        await self.core.localize([*msg.args, *msg.kwargs.values()])
+        try:
+            await self.core.localize([*msg.args, *msg.kwargs.values()])
+        except BaseException:
+            self.mailbox -= 1
+            raise
         self._call(conn, msg)
 
     def _call(self, conn: Connection, msg: m.PushTask) -> None:
         try:
             fn, is_coro = self._method(msg.method or "")
         except AttributeError as exc:
+            self.mailbox -= 1
             send_done(conn, msg.task_id, [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True)
             return
         if is_coro:
             task = self.core.loop.create_task(self._call_async(conn, msg, fn))
             self._running[msg.task_id] = task
-            task.add_done_callback(lambda _t: self._running.pop(msg.task_id, None))
+            task.add_done_callback(lambda _t: self._call_ended(msg.task_id))
             return
         pool = self._pool or self._side_thread
         fut = self.core.loop.run_in_executor(pool, self._call_sync, msg, fn)
-        fut.add_done_callback(lambda f: send_done(conn, msg.task_id, *f.result()))
+        fut.add_done_callback(lambda f: self._sync_done(conn, msg.task_id, f))
+
+    def _call_ended(self, task_id: bytes) -> None:
+        self._running.pop(task_id, None)
+        self.mailbox -= 1
+
+    def _sync_done(self, conn: Connection, task_id: bytes, fut: asyncio.Future[Any]) -> None:
+        self.mailbox -= 1
+        send_done(conn, task_id, *fut.result())
 
     def _call_sync(self, msg: m.PushTask, fn: Any) -> tuple[list[Any], bool, float]:
         import threading

@@ -25,6 +25,7 @@ from typing import Any
 from asyncray import _ids
 from asyncray._client import context
 from asyncray._client.objects import ObjectTable, _Entry, _LoopBridge
+from asyncray._client.ref import ObjectRef
 from asyncray._client.submit import RECLAIM_WINDOW_S, TaskSubmitter, _Lease, _SchedQueue
 from asyncray._client.task_spec import TaskSpec
 from asyncray._store import serialization as ser
@@ -100,6 +101,7 @@ class Core(ObjectTable, TaskSubmitter):
         self._borrow_out: dict[str, tuple[list[bytes], list[bytes]]] = {}
         self._borrow_flush = False
         self._incoming: set[Connection] = set()
+        self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}
         self._finished_events: list[list[Any]] = []
         self._view: list[dict[str, Any]] = []
         self._view_at = 0.0
@@ -225,6 +227,7 @@ class Core(ObjectTable, TaskSubmitter):
                 del self._peers[addr]
         if conn.peer is not None and conn.peer.address:
             self._borrower_gone(conn.peer.address)
+        self._release_handoffs(conn)
         self._worker_lost(conn)
         if self.executor is not None:
             self.executor.connection_lost(conn)

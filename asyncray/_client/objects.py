@@ -169,6 +169,11 @@ class ObjectTable:
                 if entry.borrowers is None:
                     entry.borrowers = {}
                 entry.borrowers[who] = entry.borrowers.get(who, 0) + 1
+            holds = self._handoff.get(oid)
+            if holds:  # the caller of a task that returned this ref took it over
+                holds.pop(0)
+                if not holds:
+                    del self._handoff[oid]
         for oid in msg.drop:
             entry = self._objects.get(oid)
             if entry is not None and entry.borrowers and who in entry.borrowers:
@@ -176,6 +181,23 @@ class ObjectTable:
                 if entry.borrowers[who] <= 0:
                     del entry.borrowers[who]
                 self._maybe_free(oid)
+
+    def hold_for_handoff(self, conn: Connection, refs: list[ObjectRef]) -> None:
+        """Keep our refs returned inside a task's result alive until its caller borrows them.
+
+        The caller registers as a borrower when the result arrives (``Borrow``); until then
+        these holds stand in for it. A caller that goes away releases its holds.
+        """
+        for ref in refs:
+            self._handoff.setdefault(ref.id, []).append((conn, ref))
+
+    def _release_handoffs(self, conn: Connection) -> None:
+        for oid, holds in list(self._handoff.items()):
+            keep = [(c, r) for c, r in holds if c is not conn]
+            if keep:
+                self._handoff[oid] = keep
+            else:
+                del self._handoff[oid]
 
     def _borrower_gone(self, address: str) -> None:
         """A borrower's process is gone: it holds nothing any more."""

@@ -42,6 +42,8 @@ MAX_LEASE_REQUESTS = 16
 REPORT_INTERVAL_S = 1.0
 MAX_EVENTS_PER_REPORT = 20_000
 MAX_LIVE_IN_REPORT = 1000
+# A worker hosting an actor reports at least this often (mailbox depth, loop lag), even idle.
+ACTOR_REPORT_INTERVAL_S = 2.0
 # Tasks no node can run are retried this often, and fail after the timeout (env var overrides).
 UNSCHEDULABLE_RETRY_S = 0.5
 DEFAULT_UNSCHEDULABLE_TIMEOUT_S = 5.0
@@ -94,13 +96,19 @@ class TaskSubmitter:
     async def _report_loop(self) -> None:
         """Tell the head about this process's tasks and objects, about once a second."""
         quiet = True
+        last_sent, last_mailbox = 0.0, -1
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             if self.head is None or not self.head.is_open:
                 continue
+            host = self.executor.actor_host if self.executor is not None else None
             if quiet and not self._live and not self._finished_events:
-                continue  # nothing new since an empty report
+                if host is None:
+                    continue  # nothing new since an empty report
+                if host.mailbox == last_mailbox and time.monotonic() - last_sent < ACTOR_REPORT_INTERVAL_S:
+                    continue  # an actor's worker: report changes at once, else every 2 s
             quiet = not self._live and not self._finished_events
+            last_sent, last_mailbox = time.monotonic(), host.mailbox if host is not None else -1
             self.head.send(self._task_report())
 
     def _task_report(self) -> m.TaskEvents:
@@ -115,9 +123,12 @@ class TaskSubmitter:
                              spec.submitted_at, spec.started_at])
         finished, self._finished_events = self._finished_events, []
         n_objects = len(self._objects)
+        actor = None
+        if self.executor is not None and self.executor.actor_host is not None:
+            actor = self.executor.actor_host.stats()
         return m.TaskEvents(
             owner=self.worker_id, pid=os.getpid(), role=self.role, counts=counts, live=live, finished=finished,
-            objects=[n_objects, 0],
+            objects=[n_objects, 0], actor=actor,
         )
 
     def submit(self, spec: TaskSpec) -> list[ObjectRef]:

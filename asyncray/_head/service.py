@@ -154,7 +154,9 @@ class HeadService(Service):
             conn.reply(msg.rid, self.actors.list())
         elif isinstance(msg, m.TaskEvents):
             conn.state["owner"] = msg.owner
-            self.tasks.report(msg.owner, msg.pid, msg.role, msg.counts, msg.live, msg.finished, msg.objects)
+            self.tasks.report(
+                msg.owner, msg.pid, msg.role, msg.counts, msg.live, msg.finished, msg.objects, actor=msg.actor
+            )
         elif isinstance(msg, m.WorkerExited):
             self.actors.worker_exited(msg.worker_id, msg.exit_code)
         elif isinstance(msg, m.GetState | m.SubmitJob | m.StopJob):

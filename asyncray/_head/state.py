@@ -1,7 +1,8 @@
 """What the head remembers for people to look at: tasks, a timeline, counts and latencies.
 
 Owners report once a second (``TaskEvents``); this keeps the latest picture per owner and
-a bounded history of finished tasks. Pure bookkeeping, no I/O.
+a bounded history of finished tasks, and for a worker hosting an actor its mailbox depth and
+event-loop lag. Pure bookkeeping, no I/O.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class OwnerReport:
     live: list[dict[str, Any]]
     objects: list[int]
     at: float
+    actor: dict[str, Any] | None = None  # {actor_id, mailbox, loop_lag_ms} of the actor it hosts
 
 
 @dataclass
@@ -45,10 +47,12 @@ class TaskTable:
     latency_sum: float = 0.0
 
     def report(self, owner: bytes, pid: int, role: str, counts: dict[str, dict[str, int]],
-               live: list[list[Any]], finished: list[list[Any]], objects: list[int]) -> None:
-        """Take one owner's report."""
+               live: list[list[Any]], finished: list[list[Any]], objects: list[int],
+               actor: dict[str, Any] | None = None) -> None:
+        """Take one owner's report (``actor``: the stats of the actor it hosts, if any)."""
         self.owners[owner] = OwnerReport(
-            owner, pid, role, counts, [dict(zip(TASK_FIELDS, row, strict=False)) for row in live], objects, time.time()
+            owner, pid, role, counts, [dict(zip(TASK_FIELDS, row, strict=False)) for row in live], objects, time.time(),
+            actor,
         )
         for row in finished:
             rec = dict(zip(FINISHED_FIELDS, row, strict=False))
@@ -90,6 +94,10 @@ class TaskTable:
         live = [t for rep in self.owners.values() for t in rep.live]
         recent = list(self.finished)[-max(0, limit - len(live)):] if limit > len(live) else []
         return (live + recent[::-1])[:limit]
+
+    def actor_stats(self) -> dict[bytes, dict[str, Any]]:
+        """Mailbox depth and loop lag by actor id, from the reports of the workers hosting them."""
+        return {rep.actor["actor_id"]: {**rep.actor, "pid": rep.pid} for rep in self.owners.values() if rep.actor}
 
     def running_by_pid(self) -> dict[int, str]:
         """Which function each worker pid runs now."""

@@ -192,16 +192,23 @@ def tasks(head: HeadService, limit: int) -> list[dict[str, Any]]:
 
 
 def actors(head: HeadService) -> list[dict[str, Any]]:
-    """Every actor with its class, state, place and restarts."""
+    """Every actor with its class, state, place and restarts; a live one's mailbox depth and
+    (async actors) worst recent event-loop lag, from its worker's last report (None if none yet)."""
+    stats = head.tasks.actor_stats()
     out = []
     for e in head.actors.list():
         meta = e.get("meta") or {}
+        live = stats.get(e["actor_id"])
+        if live is not None and (e["state"] != "ALIVE" or live["pid"] != e["pid"]):
+            live = None  # a report from an earlier incarnation's worker
         out.append({
             "actor_id": e["actor_id"].hex(), "class_name": meta.get("class_name", "?"), "name": e["name"],
             "namespace": e["namespace"], "state": e["state"], "pid": e["pid"],
             "node_id": e["node_id"].hex() if e["node_id"] else "", "num_restarts": e["num_restarts"],
             "death_cause": e["death_cause"], "detached": e.get("detached", False),
             "is_async": bool(meta.get("is_async", False)),
+            "mailbox": live["mailbox"] if live else None,
+            "loop_lag_ms": live["loop_lag_ms"] if live else None,
         })
     return out
 

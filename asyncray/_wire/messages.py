@@ -410,7 +410,9 @@ class TaskEvents(Message):
     ``live``: [task_id, name, state, worker_pid, node_id, submitted_at, started_at] for
     tasks not finished yet (capped); ``counts``: {name: {state: n}} over all of them;
     ``finished``: [task_id, name, state, worker_pid, node_id, submitted_at, started_at,
-    ended_at, error] since the last report; ``objects``: [count, bytes] this owner holds.
+    ended_at, error] since the last report; ``objects``: [count, bytes] this owner holds;
+    ``actor``: when the process hosts an actor, ``{actor_id, mailbox, loop_lag_ms}`` (calls
+    received and not finished; the worst recent event-loop lag of an async actor, else None).
     """
 
     owner: bytes
@@ -420,6 +422,7 @@ class TaskEvents(Message):
     live: list[Any]
     finished: list[Any]
     objects: list[int]
+    actor: dict[str, Any] | None = None
 
 
 @message("get_state")

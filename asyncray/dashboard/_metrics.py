@@ -95,11 +95,21 @@ async def render(head: HeadService, loop_lag_s: float) -> str:
         w.sample("asyncray_worker_rss_bytes", n, {"node_id": node})
 
     w.family("asyncray_actors", "gauge", "Actors by state.")
+    actors = state_api.actors(head)
     actor_states: dict[str, int] = {}
-    for a in state_api.actors(head):
+    for a in actors:
         actor_states[a["state"]] = actor_states.get(a["state"], 0) + 1
     for state, n in sorted(actor_states.items()):
         w.sample("asyncray_actors", n, {"state": state})
+    w.family("asyncray_actor_mailbox", "gauge", "Calls a live actor has received and not finished.")
+    for a in actors:
+        if a["mailbox"] is not None:
+            w.sample("asyncray_actor_mailbox", a["mailbox"], {"actor_id": a["actor_id"], "class": a["class_name"]})
+    w.family("asyncray_actor_loop_lag_seconds", "gauge", "Worst recent event-loop lag of an async actor's worker.")
+    for a in actors:
+        if a["loop_lag_ms"] is not None:
+            labels = {"actor_id": a["actor_id"], "class": a["class_name"]}
+            w.sample("asyncray_actor_loop_lag_seconds", a["loop_lag_ms"] / 1000, labels)
 
     w.family("asyncray_nodes", "gauge", "Nodes by liveness.")
     w.sample("asyncray_nodes", sum(1 for n in nodes if n["alive"]), {"state": "ALIVE"})

@@ -123,6 +123,8 @@ function actorsPage() {
       {label: "Node", html: (a) => `<span class="mono">${short(a.node_id)}</span>`},
       {label: "PID", num: true, html: (a) => a.pid ? `<a href="/logs#${esc(a.pid)}">${esc(a.pid)}</a>` : ""},
       {label: "Restarts", num: true, html: (a) => esc(a.num_restarts)},
+      {label: "Mailbox", num: true, html: (a) => a.mailbox == null ? "" : esc(a.mailbox)},
+      {label: "Loop lag", num: true, html: (a) => a.loop_lag_ms == null ? "" : esc(a.loop_lag_ms.toFixed(1) + " ms")},
       {label: "Death cause", html: (a) => esc(a.death_cause)},
     ], actors, "no actors");
   };
