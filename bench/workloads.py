@@ -3,7 +3,8 @@
 Each workload is a function ``workload(mod, cfg) -> dict[str, float | str]``: ``mod`` is the framework
 module (``asyncray`` or ``ray``), ``cfg`` holds the sizes. Only the public, Ray-compatible API is used
 (``init``, ``remote``, ``get``, ``put``, ``wait``, ``shutdown``, awaitable refs), plus ``asyncray.aio``
-for the one asyncray-only workload.
+for the one asyncray-only workload. The two-node workloads (``transfer``, ``two_node_throughput``) also
+run the framework's CLI (``asyncray start``/``stop``, ``ray start --block``) in subprocesses.
 
 Subprocess protocol (used by ``bench/run.py``, one fresh process per workload per framework)::
 
@@ -645,9 +646,12 @@ class _AsyncrayCLI(_ClusterCLI):
         self._cli("start", "--address", self.address, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources))
 
     def stop(self) -> None:
-        from asyncray import _session
-
-        info = _session.read_cluster() or {}
+        # What `start` recorded (the daemons' pids and directories), read before `stop` removes it.
+        try:
+            with open(os.path.join(tempfile.gettempdir(), "asyncray-sessions", "cluster.json")) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            info = {}
         entries = info.get("processes", [])
         procs = _tree([int(e["pid"]) for e in entries])
         dirs = [d for e in entries for d in (e.get("store_dir"), e.get("session_dir")) if d]
@@ -739,6 +743,8 @@ def two_node_cluster(
         address = cluster.start_head(*head)
         cluster.start_node(*node)
         mod.init(address=address)
+        # Ray's driver replaces the SIGTERM handler with one that aborts the process (no `finally`).
+        signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             want = {**head[1], **node[1]}
             deadline = time.monotonic() + CLUSTER_START_TIMEOUT_S

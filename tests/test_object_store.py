@@ -177,3 +177,33 @@ def test_a_worker_dying_mid_write_leaves_nothing_visible():
         assert wait_for(lambda: not [n for n in os.listdir(store) if n.endswith(".tmp")], 10), os.listdir(store)
     finally:
         asyncray.shutdown()
+
+
+@asyncray.remote
+def make_inner(n):
+    return [asyncray.put(np.full(n, 4.0))]  # a ref owned by this worker, inside the result
+
+
+def test_refs_returned_inside_a_result_are_freed_after_use():
+    asyncray.shutdown()
+    asyncray.init(num_cpus=1, include_dashboard=False)
+    try:
+        outer = make_inner.remote(1_000_000)  # 8 MB inner object: in the store
+        inner = asyncray.get(outer)[0]
+        path = os.path.join(_store_dir(), inner.hex())
+        assert float(asyncray.get(inner).sum()) == 4_000_000.0
+        assert os.path.exists(path)
+        del outer
+        time.sleep(0.3)
+        assert os.path.exists(path), "freed while the driver still holds the inner ref"
+        del inner
+        assert wait_for(lambda: not os.path.exists(path), 5), "a ref returned inside a result is never freed"
+        # The same when the caller never looks inside the result.
+        outer = make_inner.remote(1_000_000)
+        asyncray.wait([outer])
+        before = set(os.listdir(_store_dir()))
+        assert before
+        del outer
+        assert wait_for(lambda: not set(os.listdir(_store_dir())) & before, 5)
+    finally:
+        asyncray.shutdown()

@@ -223,7 +223,7 @@ class ActorClient:
         ch = self._by_task.pop(msg.task_id)
         spec = ch.inflight.pop(msg.task_id, None)
         if spec is not None:
-            self.core._finish(spec, msg.results)
+            self.core._finish(spec, msg.results, msg.contained)
         self._maybe_release(ch)
 
     def connection_lost(self, conn: Connection) -> None:

@@ -25,6 +25,7 @@ from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
 from asyncray._worker.executor import (
+    Outcome,
     decode_args,
     failure_descriptor,
     needs_localizing,
@@ -158,7 +159,7 @@ class ActorHost:
         self.mailbox -= 1
         send_done(conn, task_id, *fut.result())
 
-    def _call_sync(self, msg: m.PushTask, fn: Any) -> tuple[list[Any], bool, float]:
+    def _call_sync(self, msg: m.PushTask, fn: Any) -> Outcome:
         import threading
 
         self._running[msg.task_id] = threading.get_ident()

@@ -405,7 +405,7 @@ class TaskSubmitter:
             self._requeue(spec)
             self._lease_free(lease)
             return
-        self._finish(spec, msg.results)
+        self._finish(spec, msg.results, msg.contained)
         self._lease_free(lease)
 
     def _retryable(self, spec: TaskSpec, desc: list[Any]) -> bool:
@@ -423,8 +423,12 @@ class TaskSubmitter:
         q.tasks.appendleft(spec)
         self._pump(q)
 
-    def _finish(self, spec: TaskSpec, results: list[Any]) -> None:
-        """Record a task's outcome in its return entries and wake waiters."""
+    def _finish(self, spec: TaskSpec, results: list[Any], contained: list[Any] | None = None) -> None:
+        """Record a task's outcome in its return entries and wake waiters.
+
+        ``contained`` lists, per result, the refs inside it: this process now owns the
+        results, so it borrows those refs for as long as the results live.
+        """
         spec.state = TaskState.FINISHED
         spec.deps = []
         spec.contained = []
@@ -436,13 +440,16 @@ class TaskSubmitter:
                 spec.task_id, spec.fn.name, "FAILED" if failed else "FINISHED", spec.worker_pid, spec.node_id,
                 spec.submitted_at, start, end, _error_summary(results[0]) if failed else "",
             ])
-        for rid, desc in zip(spec.return_ids, results, strict=False):
+        for i, (rid, desc) in enumerate(zip(spec.return_ids, results, strict=False)):
             self._by_return.pop(rid, None)
+            inner = [ObjectRef(oid, owner, self) for oid, owner in contained[i]] if contained and contained[i] else None
             entry = self._objects.get(rid)
             if entry is None:
                 if desc[0] == ser.STORED:
                     self.store.delete(rid)  # nobody holds a ref any more
-                continue
+                continue  # (refs inside it, taken over just now, are dropped with ``inner``)
+            if inner:
+                entry.contained = inner
             self._resolve_entry(entry, desc)
             self._maybe_free(rid)
 

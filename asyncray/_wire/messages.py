@@ -317,6 +317,7 @@ class TaskDone(Message):
     results: list[Any]
     failed: bool = False
     duration: float = 0.0  # seconds the call ran on the worker (for pipelining decisions)
+    contained: list[Any] | None = None  # per result: [object_id, owner] of refs inside it
 
 
 @message("cancel_task")

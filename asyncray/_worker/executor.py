@@ -142,7 +142,7 @@ class TaskExecutor:
             conn, msg, fn = item
             if msg.task_id in self._cancelled_queued:
                 self._cancelled_queued.discard(msg.task_id)
-                outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0)
+                outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, [])
             else:
                 self._running[msg.task_id] = ident
                 self._current_sync = msg.task_id
@@ -153,6 +153,7 @@ class TaskExecutor:
                     self._running.pop(msg.task_id, None)
             # One wake-up of the loop per batch of finished tasks, not one per task.
             self._done.append((conn, msg.task_id, *outcome))
+            del outcome, item, fn  # refs in the result must not live on in this frame
             if not self._done_scheduled:
                 self._done_scheduled = True
                 self.loop.call_soon_threadsafe(self._flush_done)
@@ -176,10 +177,24 @@ class TaskExecutor:
 
 
 # ---------------------------------------------------------------- shared with the actor host
-def send_done(conn: Connection, task_id: bytes, results: list[Any], failed: bool, duration: float = 0.0) -> None:
-    """Reply to the submitter, if it is still there."""
-    if conn.is_open:
-        conn.send(m.TaskDone(task_id=task_id, results=results, failed=failed, duration=duration))
+def send_done(
+    conn: Connection, task_id: bytes, results: list[Any], failed: bool, duration: float = 0.0,
+    contained: list[list[Any]] | None = None,
+) -> None:
+    """Reply to the submitter, if it is still there.
+
+    Refs inside the results are held here until the submitter, which now owns the results,
+    registers as their borrower (``Core.hold_for_handoff``).
+    """
+    if not conn.is_open:
+        return
+    wire = None
+    if contained and any(contained):
+        core = context.get_core()
+        if core is not None:
+            core.hold_for_handoff(conn, [r for refs in contained for r in refs])
+        wire = [[[r.id, r.owner] for r in refs] for refs in contained]
+    conn.send(m.TaskDone(task_id=task_id, results=results, failed=failed, duration=duration, contained=wire))
 
 
 def failure_descriptor(exc: BaseException, name: str) -> list[Any]:
@@ -219,32 +234,36 @@ def decode_args(core: Any, msg: m.PushTask) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def encode_results(core: Any, msg: m.PushTask, value: Any) -> list[Any]:
-    """One descriptor per return id; a wrong number of values is the user's error."""
-    contained: list[Any] = []
-    with ser.collecting_refs(contained):
-        descs = _encode_values(core, msg, value)
-    for ref in contained:  # refs inside results: the caller borrows them later, so pin them
-        core.ref_escaped(ref.id)
-    return descs
+def encode_results(core: Any, msg: m.PushTask, value: Any) -> tuple[list[Any], list[list[Any]]]:
+    """One descriptor per return id, and the refs each result contains.
 
-
-def _encode_values(core: Any, msg: m.PushTask, value: Any) -> list[Any]:
+    A wrong number of values is the user's error.
+    """
     ids = msg.return_ids
-    if len(ids) == 1:
-        return [ser.make_descriptor(value, core.store, ids[0])]
     if len(ids) == 0:
-        return []
-    try:
-        values = list(value)
-    except TypeError:
-        raise ValueError(f"{msg.name}() has num_returns={len(ids)} but returned a {type(value).__name__}") from None
-    if len(values) != len(ids):
-        raise ValueError(f"{msg.name}() has num_returns={len(ids)} but returned {len(values)} values")
-    return [ser.make_descriptor(v, core.store, oid) for v, oid in zip(values, ids, strict=True)]
+        return [], []
+    if len(ids) == 1:
+        values = [value]
+    else:
+        try:
+            values = list(value)
+        except TypeError:
+            raise ValueError(
+                f"{msg.name}() has num_returns={len(ids)} but returned a {type(value).__name__}"
+            ) from None
+        if len(values) != len(ids):
+            raise ValueError(f"{msg.name}() has num_returns={len(ids)} but returned {len(values)} values")
+    descs, contained = [], []
+    for v, oid in zip(values, ids, strict=True):
+        refs: list[Any] = []
+        with ser.collecting_refs(refs):
+            descs.append(ser.make_descriptor(v, core.store, oid))
+        contained.append(refs)
+    return descs, contained
 
 
-Outcome = tuple[list[Any], bool, float]  # descriptors, failed, seconds it ran
+# descriptors, failed, seconds it ran, refs inside each result
+Outcome = tuple[list[Any], bool, float, list[list[Any]]]
 
 
 def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Outcome:
@@ -255,11 +274,13 @@ def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Out
         try:
             args, kwargs = decode_args(core, msg)
         except SystemFailure as exc:  # an argument is lost: say so, do not blame user code
-            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0
+            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0, []
         value = fn(*args, **kwargs)
-        return encode_results(core, msg, value), False, time.perf_counter() - start
+        del args, kwargs  # what the task kept of its arguments it holds itself (it borrows them)
+        descs, contained = encode_results(core, msg, value)
+        return descs, False, time.perf_counter() - start, contained
     except BaseException as exc:
-        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start
+        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start, []
     finally:
         context.current_task.reset(token)
 
@@ -272,8 +293,10 @@ async def run_async(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None)
         try:
             args, kwargs = decode_args(core, msg)
         except SystemFailure as exc:
-            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0
+            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0, []
         value = await fn(*args, **kwargs)
-        return encode_results(core, msg, value), False, time.perf_counter() - start
+        del args, kwargs
+        descs, contained = encode_results(core, msg, value)
+        return descs, False, time.perf_counter() - start, contained
     except BaseException as exc:
-        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start
+        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start, []
