@@ -306,7 +306,7 @@ class ObjectTable:
             return
         assert self.node is not None
         results = await asyncio.gather(
-            *(self.node.request(m.FetchObject(rid=0, object_id=d[1], node_id=d[3])) for d in remote),
+            *(self.node.request(m.FetchObject(rid=0, object_id=d[1], node_id=d[3], size=int(d[2]))) for d in remote),
             return_exceptions=True,
         )
         for desc, res in zip(remote, results, strict=True):

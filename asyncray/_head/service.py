@@ -69,7 +69,9 @@ class HeadService(Service):
     def view(self) -> list[dict[str, Any]]:
         """Every node with its totals, free resources and liveness."""
         return [
-            {k: n[k] for k in ("node_id", "address", "resources", "available", "alive")} for n in self.nodes.values()
+            {**{k: n[k] for k in ("node_id", "address", "resources", "available", "alive")},
+             "transfer": n["info"].get("transfer", "")}
+            for n in self.nodes.values()
         ]
 
     def _node_died(self, node_id: bytes, why: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from asyncray import _ids
 from asyncray._node import scheduler as sch
+from asyncray._node import transfer
 from asyncray._service import Service
 from asyncray._store.manager import StoreManager
 from asyncray._store.shm import ObjectStore
@@ -25,8 +26,6 @@ RESOURCE_REPORT_DELAY_S = 0.05
 REAP_INTERVAL_S = 5.0
 # A node reports to the head this often; the report doubles as its heartbeat.
 HEARTBEAT_INTERVAL_S = 0.5
-# Objects cross between nodes in pieces of this size (never as one frame).
-CHUNK_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 3
 # How often the node measures its store, refills the warm segment and sweeps stale files.
 STORE_UPKEEP_S = 1.0
@@ -82,9 +81,8 @@ class NodeService(Service):
         self._report_scheduled = False
         self.log_dir = os.path.join(config.session_dir, "logs")
         self.view: list[dict[str, Any]] = []  # the head's latest picture of all nodes
-        self._peer_nodes: dict[bytes, Connection] = {}
         self._pulls: dict[bytes, asyncio.Future[None]] = {}
-        self._incoming: dict[bytes, tuple[int, str]] = {}  # object id -> (fd, tmp path) being received
+        self.transfer: transfer.TransferServer | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def _start(self) -> None:
@@ -97,12 +95,14 @@ class NodeService(Service):
             self.config.head_address, self._on_head_message, role="node", token=self.config.token,
             peer_id=self.node_id, name="node->head",
         )
+        if self.config.listen_host:  # a cluster node: others may pull objects from it
+            self.transfer = transfer.TransferServer(self.config.listen_host, self.config.token, self._locate)
         await self._head.request(
             m.RegisterNode(
                 rid=0, node_id=self.node_id, address=self.address, resources=self.config.resources,
                 info={
                     "pid": os.getpid(), "store_dir": self.config.store_dir, "spill_dir": self.config.spill_dir,
-                    "hostname": os.uname().nodename,
+                    "hostname": os.uname().nodename, "transfer": self.transfer.address if self.transfer else "",
                 },
             )
         )
@@ -112,6 +112,8 @@ class NodeService(Service):
         self.spawn(self._store_loop(), "store-upkeep")
 
     async def _stop(self) -> None:
+        if self.transfer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.transfer.stop)
         for conn in list(self._worker_conns.values()) + list(self._clients):
             conn.close()
         if self._head is not None:
@@ -143,14 +145,17 @@ class NodeService(Service):
             self.store_usage = await loop.run_in_executor(None, manager.usage)
 
     async def _reserve(self, conn: Connection, msg: m.ReserveSpace) -> None:
+        conn.reply(msg.rid, await self._make_room(msg.size))
+
+    async def _make_room(self, size: int) -> dict[str, Any]:
+        """Reserve store space (spilling if needed); say where to write (see StoreManager.reserve)."""
         manager = self.store_manager
         # Warm segments are sized by what writers actually ask for (none until a big write).
-        if msg.size >= WARM_SEGMENT_MIN_BYTES:
-            want = min(1 << (msg.size - 1).bit_length(), manager.limit // 4)
+        if size >= WARM_SEGMENT_MIN_BYTES:
+            want = min(1 << (size - 1).bit_length(), manager.limit // 4)
             if want > manager.segment_bytes:
                 manager.segment_bytes, manager.segment_count = want, 1
-        where = await asyncio.get_running_loop().run_in_executor(None, manager.reserve, msg.size)
-        conn.reply(msg.rid, where)
+        return await asyncio.get_running_loop().run_in_executor(None, manager.reserve, size)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -262,12 +267,8 @@ class NodeService(Service):
             self._apply(self.scheduler.request(sch.LeaseRequest(conn, msg.rid, msg.resources, msg.dedicated, msg.label)))
         elif isinstance(msg, m.ReserveSpace):
             self.spawn(self._reserve(conn, msg), "reserve-space")
-        elif isinstance(msg, m.ObjectChunk):
-            self._receive_chunk(msg)
         elif isinstance(msg, m.FetchObject):
             self.spawn(self._fetch(conn, msg), "fetch-object")
-        elif isinstance(msg, m.PullObject):
-            self.spawn(self._send_object(conn, msg), "send-object")
         elif isinstance(msg, m.ObjectLocation):
             if self._head is not None and self._head.is_open:
                 msg.node_id = self.node_id
@@ -338,7 +339,7 @@ class NodeService(Service):
             return
         pull = self._pulls.get(oid)
         if pull is None:
-            pull = self._pulls[oid] = asyncio.ensure_future(self._pull(oid, msg.node_id))
+            pull = self._pulls[oid] = asyncio.ensure_future(self._pull(oid, msg.node_id, msg.size))
             pull.add_done_callback(lambda _f: self._pulls.pop(oid, None))
         try:
             await asyncio.shield(pull)
@@ -347,29 +348,22 @@ class NodeService(Service):
             return
         conn.reply(msg.rid, True)
 
-    async def _pull(self, oid: bytes, node_id: bytes) -> None:
+    async def _pull(self, oid: bytes, node_id: bytes, size_hint: int = 0) -> None:
         node = next((n for n in self.view if n["node_id"] == node_id), None)
         if node is None or not node["alive"]:
             raise ConnectionError("that node is dead or unknown")
-        peer = self._peer_nodes.get(node_id)
-        if peer is None or not peer.is_open:
-            peer = await connect(
-                node["address"], self._on_message, role="node", token=self.config.token,
-                peer_id=self.node_id, name="node->node",
-            )
-            self._peer_nodes[node_id] = peer
-        final = self.store.path(oid)
-        tmp = f"{final}.pull.tmp"
-        self._incoming[oid] = (os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), tmp)
+        if not node.get("transfer"):
+            raise ConnectionError("that node serves no object transfers")
+        where = await self._make_room(size_hint) if size_hint else {}
+        final = self.store.spill_path(oid) if where.get("disk") else self.store.path(oid)
+        tmp = f"{final}.{os.getpid()}.tmp"
+        if where.get("segment"):
+            os.rename(where["segment"], tmp)  # receive into warm memory
+        loop = asyncio.get_running_loop()
         try:
-            size = await peer.request(m.PullObject(rid=0, object_id=oid))
-            fd, _ = self._incoming.pop(oid)
-            os.close(fd)
+            size = await loop.run_in_executor(None, transfer.fetch, node["transfer"], self.config.token, oid, tmp)
             os.rename(tmp, final)
         except BaseException:
-            item = self._incoming.pop(oid, None)
-            if item is not None:
-                os.close(item[0])
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
@@ -378,34 +372,12 @@ class NodeService(Service):
         if self._head is not None and self._head.is_open:
             self._head.send(m.ObjectLocation(object_id=oid, node_id=self.node_id, size=int(size)))
 
-    def _receive_chunk(self, msg: m.ObjectChunk) -> None:
-        item = self._incoming.get(msg.object_id)
-        if item is not None:
-            os.pwrite(item[0], msg.data, msg.offset)
-
-    async def _send_object(self, conn: Connection, msg: m.PullObject) -> None:
-        fd = -1
-        # In memory, on disk (spilled), or in memory again (caught while being moved).
-        for path in (self.store.path(msg.object_id), self.store.spill_path(msg.object_id), self.store.path(msg.object_id)):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-                break
-            except FileNotFoundError:
-                continue
-        if fd < 0:
-            conn.reply(msg.rid, error="this node no longer holds it")
-            return
-        try:
-            size = os.fstat(fd).st_size
-            offset = 0
-            while offset < size:
-                data = os.pread(fd, CHUNK_BYTES, offset)
-                conn.send(m.ObjectChunk(object_id=msg.object_id, offset=offset, data=data))
-                offset += len(data)
-                await conn.drain()
-        finally:
-            os.close(fd)
-        conn.reply(msg.rid, size)
+    def _locate(self, object_id: bytes) -> str | None:
+        """Where an object of this store is now: in memory, on disk, or (moving) in memory again."""
+        for path in (self.store.path(object_id), self.store.spill_path(object_id), self.store.path(object_id)):
+            if os.path.exists(path):
+                return path
+        return None
 
     def _on_close(self, conn: Connection) -> None:
         self._log_subscribers.discard(conn)

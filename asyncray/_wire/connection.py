@@ -62,7 +62,6 @@ class Connection(asyncio.Protocol):
         self._rids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
-        self._writable: asyncio.Event | None = None  # set while the transport's buffer has room
 
     # ------------------------------------------------------------ protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,8 +115,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self._writable is not None:
-            self._writable.set()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"connection {self.name} lost"))
@@ -130,27 +127,6 @@ class Connection(asyncio.Protocol):
                 self.on_close(self)
             except Exception:
                 log.exception("on_close failed for %s", self.name)
-
-    def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.Event()
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None:
-            self._writable.set()
-
-    async def drain(self) -> None:
-        """Wait until the peer has taken enough of what was sent (bulk transfers)."""
-        self._flush()
-        if self._writable is not None and not self._writable.is_set() and self._transport is not None:
-            waiter = asyncio.ensure_future(self._writable.wait())
-            try:
-                await asyncio.wait([waiter, self.closed], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-        if self._transport is None:
-            raise ConnectionLost(f"connection {self.name} lost")
 
     # ------------------------------------------------------------ sending
     @property

@@ -370,25 +370,7 @@ class FetchObject(Message):
     rid: int
     object_id: bytes
     node_id: bytes
-
-
-@message("pull_object")
-@dataclass(slots=True)
-class PullObject(Message):
-    """Node to node: stream me this object (ObjectChunk frames, then a Reply with its size)."""
-
-    rid: int
-    object_id: bytes
-
-
-@message("object_chunk")
-@dataclass(slots=True)
-class ObjectChunk(Message):
-    """One piece of an object in transfer; chunks arrive in order on one connection."""
-
-    object_id: bytes
-    offset: int
-    data: bytes
+    size: int = 0  # from the descriptor: lets the node make room (and use warm memory) first
 
 
 @message("object_location")
