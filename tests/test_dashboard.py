@@ -109,9 +109,14 @@ async def test_api_counts(cluster: dict[str, Any]) -> None:
         assert all(a["pid"] > 0 and a["node_id"] for a in actors if a["state"] == "ALIVE")
         assert (await _get(s, url + "/api/actors/summary"))["counts"] == {"ALIVE": 2, "DEAD": 1}
 
-        objects = await _poll(s, url + "/api/objects", lambda o: len(o) >= 2)
+        objects = await _poll(
+            s, url + "/api/objects", lambda o: sum(x["size"] >= 1_600_000 and x["owner_pid"] is not None for x in o) >= 2
+        )
         big = [o for o in objects if o["size"] >= 1_600_000]
         assert len(big) == 2 and all(len(o["nodes"]) == 1 for o in big)
+        # Who owns them (this driver), who references them (one ref each, no borrower), where they are.
+        assert all(o["owner_pid"] == os.getpid() and o["owner_role"] == "driver" for o in big)
+        assert all(o["refs"] == 1 and o["borrowers"] == 0 and o["spilled"] is False for o in big)
         osum = await _get(s, url + "/api/objects/summary")
         assert osum["stored_bytes"] >= 3_200_000
 

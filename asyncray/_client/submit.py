@@ -42,6 +42,7 @@ MAX_LEASE_REQUESTS = 16
 REPORT_INTERVAL_S = 1.0
 MAX_EVENTS_PER_REPORT = 20_000
 MAX_LIVE_IN_REPORT = 1000
+MAX_STORED_IN_REPORT = 1000
 # A worker hosting an actor reports at least this often (mailbox depth, loop lag), even idle.
 ACTOR_REPORT_INTERVAL_S = 2.0
 # Tasks no node can run are retried this often, and fail after the timeout (env var overrides).
@@ -96,18 +97,20 @@ class TaskSubmitter:
     async def _report_loop(self) -> None:
         """Tell the head about this process's tasks and objects, about once a second."""
         quiet = True
-        last_sent, last_mailbox = 0.0, -1
+        last_sent, last_mailbox, last_objects = 0.0, -1, 0
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             if self.head is None or not self.head.is_open:
                 continue
             host = self.executor.actor_host if self.executor is not None else None
-            if quiet and not self._live and not self._finished_events:
+            n_objects = len(self._objects)
+            if quiet and not self._live and not self._finished_events and n_objects == last_objects:
                 if host is None:
                     continue  # nothing new since an empty report
                 if host.mailbox == last_mailbox and time.monotonic() - last_sent < ACTOR_REPORT_INTERVAL_S:
                     continue  # an actor's worker: report changes at once, else every 2 s
             quiet = not self._live and not self._finished_events
+            last_objects = n_objects
             last_sent, last_mailbox = time.monotonic(), host.mailbox if host is not None else -1
             self.head.send(self._task_report())
 
@@ -126,9 +129,17 @@ class TaskSubmitter:
         actor = None
         if self.executor is not None and self.executor.actor_host is not None:
             actor = self.executor.actor_host.stats()
+        stored = []  # what this process owns in shared memory: [id, size, local refs, borrowers]
+        for oid, entry in list(self._objects.items()):
+            desc = entry.desc
+            if entry.owned and desc is not None and desc[0] == ser.STORED:
+                borrowers = sum(entry.borrowers.values()) if entry.borrowers else 0
+                stored.append([oid, int(desc[2]), self._refcounts.get(oid, 0), borrowers])
+                if len(stored) >= MAX_STORED_IN_REPORT:
+                    break
         return m.TaskEvents(
             owner=self.worker_id, pid=os.getpid(), role=self.role, counts=counts, live=live, finished=finished,
-            objects=[n_objects, 0], actor=actor,
+            objects=[n_objects, 0], actor=actor, stored=stored,
         )
 
     def submit(self, spec: TaskSpec) -> list[ObjectRef]:

@@ -157,7 +157,8 @@ class HeadService(Service):
         elif isinstance(msg, m.TaskEvents):
             conn.state["owner"] = msg.owner
             self.tasks.report(
-                msg.owner, msg.pid, msg.role, msg.counts, msg.live, msg.finished, msg.objects, actor=msg.actor
+                msg.owner, msg.pid, msg.role, msg.counts, msg.live, msg.finished, msg.objects,
+                actor=msg.actor, stored=msg.stored,
             )
         elif isinstance(msg, m.WorkerExited):
             self.actors.worker_exited(msg.worker_id, msg.exit_code)

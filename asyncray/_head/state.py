@@ -33,6 +33,7 @@ class OwnerReport:
     objects: list[int]
     at: float
     actor: dict[str, Any] | None = None  # {actor_id, mailbox, loop_lag_ms} of the actor it hosts
+    stored: list[Any] | None = None  # [object_id, size, refs, borrowers] of what it owns in shared memory
 
 
 @dataclass
@@ -48,11 +49,11 @@ class TaskTable:
 
     def report(self, owner: bytes, pid: int, role: str, counts: dict[str, dict[str, int]],
                live: list[list[Any]], finished: list[list[Any]], objects: list[int],
-               actor: dict[str, Any] | None = None) -> None:
+               actor: dict[str, Any] | None = None, stored: list[Any] | None = None) -> None:
         """Take one owner's report (``actor``: the stats of the actor it hosts, if any)."""
         self.owners[owner] = OwnerReport(
             owner, pid, role, counts, [dict(zip(TASK_FIELDS, row, strict=False)) for row in live], objects, time.time(),
-            actor,
+            actor, stored,
         )
         for row in finished:
             rec = dict(zip(FINISHED_FIELDS, row, strict=False))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -214,12 +215,30 @@ def actors(head: HeadService) -> list[dict[str, Any]]:
 
 
 def objects(head: HeadService) -> list[dict[str, Any]]:
-    """Objects in the shared-memory stores: size and the nodes holding a copy."""
-    return [
-        {"object_id": oid.hex(), "size": max(holders.values(), default=0),
-         "nodes": [nid.hex() for nid in holders], "copies": len(holders)}
-        for oid, holders in head.objects.items() if holders
-    ]
+    """Objects in the shared-memory stores: size, where each copy is (in memory or spilled to
+    disk), the process that owns it, and who references it (refs in the owner, borrowers)."""
+    owned: dict[bytes, tuple[Any, list[Any]]] = {}
+    for rep in head.tasks.owners.values():
+        for row in rep.stored or []:
+            owned[row[0]] = (rep, row)
+    here = os.uname().nodename
+    out = []
+    for oid, holders in head.objects.items():
+        if not holders:
+            continue
+        rep, row = owned.get(oid, (None, None))
+        spilled: bool | None = None
+        for nid in holders:  # a copy on this machine: look at its node's spill directory
+            info = head.nodes.get(nid, {}).get("info", {})
+            if info.get("hostname") == here and info.get("spill_dir"):
+                spilled = bool(spilled) or os.path.exists(os.path.join(info["spill_dir"], oid.hex()))
+        out.append({
+            "object_id": oid.hex(), "size": max(holders.values(), default=0),
+            "nodes": [nid.hex() for nid in holders], "copies": len(holders), "spilled": spilled,
+            "owner_pid": rep.pid if rep else None, "owner_role": rep.role if rep else None,
+            "refs": row[2] if row else None, "borrowers": row[3] if row else None,
+        })
+    return out
 
 
 def objects_summary(head: HeadService) -> dict[str, Any]:

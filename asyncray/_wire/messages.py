@@ -406,6 +406,7 @@ class TaskEvents(Message):
     finished: list[Any]
     objects: list[int]
     actor: dict[str, Any] | None = None
+    stored: list[Any] | None = None  # owned objects in shared memory: [object_id, size, refs, borrowers]
 
 
 @message("get_state")

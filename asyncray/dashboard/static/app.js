@@ -143,6 +143,9 @@ function objectsPage() {
         {label: "Object", html: (o) => `<span class="mono">${esc(o.object_id)}</span>`},
         {label: "Size", num: true, html: (o) => bytes(o.size)},
         {label: "Nodes", html: (o) => o.nodes.map((n) => `<span class="mono">${short(n)}</span>`).join(", ")},
+        {label: "Where", html: (o) => o.spilled === null ? "?" : (o.spilled ? "spilled to disk" : "memory")},
+        {label: "Owner", html: (o) => o.owner_pid === null ? "" : `${esc(o.owner_role)} pid ${esc(o.owner_pid)}`},
+        {label: "Refs / borrowers", num: true, html: (o) => o.refs === null ? "" : `${esc(o.refs)} / ${esc(o.borrowers)}`},
       ], objs, "no objects in shared memory (small values travel inline)") + `</div><div><h2>Owners</h2>` + table([
         {label: "Process", html: (o) => `${esc(o.role)} pid ${esc(o.pid)}`},
         {label: "Objects owned", num: true, html: (o) => esc(o.objects)},
