@@ -147,9 +147,14 @@ class ActorHost:
             self._running[msg.task_id] = task
             task.add_done_callback(lambda _t: self._call_ended(msg.task_id))
             return
-        pool = self._pool or self._side_thread
-        fut = self.core.loop.run_in_executor(pool, self._call_sync, msg, fn)
+        if self._pool is None:  # one at a time, in arrival order: on the worker's main thread
+            self.executor.run_on_main_thread(conn, msg, fn, self.actor_id, self._main_call_done)
+            return
+        fut = self.core.loop.run_in_executor(self._pool, self._call_sync, msg, fn)
         fut.add_done_callback(lambda f: self._sync_done(conn, msg.task_id, f))
+
+    def _main_call_done(self) -> None:
+        self.mailbox -= 1
 
     def _call_ended(self, task_id: bytes) -> None:
         self._running.pop(task_id, None)

@@ -50,7 +50,7 @@ def _sweep_stale_sessions() -> None:
 
 
 # The dashboard of an embedded cluster starts this long after init() (see _start_dashboard_later).
-DASHBOARD_DELAY_S = 0.5
+DASHBOARD_DELAY_S = 2.0
 DASHBOARD_PORT_TRIES = 20
 
 

@@ -40,11 +40,11 @@ class TaskExecutor:
         self.loop: asyncio.AbstractEventLoop = core.loop
         self.functions: dict[bytes, Any] = {}
         self.actor_host: Any = None  # set when this worker hosts an actor
-        self._sync_queue: queue.SimpleQueue[tuple[Connection, m.PushTask, Any] | None] = queue.SimpleQueue()
+        self._sync_queue: queue.SimpleQueue[tuple[Connection, m.PushTask, Any, Any, Any] | None] = queue.SimpleQueue()
         self._running: dict[bytes, Any] = {}  # task_id -> thread id or asyncio.Task
         self._current_sync: bytes | None = None
         self._cancelled_queued: set[bytes] = set()
-        self._done: deque[tuple[Connection, bytes, list[Any], bool, float]] = deque()
+        self._done: deque[tuple[Any, ...]] = deque()
         self._done_scheduled = False
         self._cancel_requested: bytes | None = None
         self._task_thread_id = 0
@@ -91,7 +91,16 @@ class TaskExecutor:
             self._running[msg.task_id] = task
             task.add_done_callback(lambda _t: self._running.pop(msg.task_id, None))
         else:
-            self._sync_queue.put((conn, msg, fn))
+            self._sync_queue.put((conn, msg, fn, None, None))
+
+    def run_on_main_thread(
+        self, conn: Connection, msg: m.PushTask, fn: Any, actor_id: bytes | None, after: Any = None
+    ) -> None:
+        """Queue a sync call for the main thread (tasks, and one-at-a-time actor methods).
+
+        ``after`` runs on the loop once the reply is sent.
+        """
+        self._sync_queue.put((conn, msg, fn, actor_id, after))
 
     async def _localize_then_start(self, conn: Connection, msg: m.PushTask) -> None:
         await self.core.localize([*msg.args, *msg.kwargs.values()])
@@ -139,7 +148,7 @@ class TaskExecutor:
             item = self._sync_queue.get()
             if item is None:
                 return
-            conn, msg, fn = item
+            conn, msg, fn, actor_id, after = item
             if msg.task_id in self._cancelled_queued:
                 self._cancelled_queued.discard(msg.task_id)
                 outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, [])
@@ -147,13 +156,13 @@ class TaskExecutor:
                 self._running[msg.task_id] = ident
                 self._current_sync = msg.task_id
                 try:
-                    outcome = run_sync(self.core, msg, fn, None)
+                    outcome = run_sync(self.core, msg, fn, actor_id)
                 finally:
                     self._current_sync = None
                     self._running.pop(msg.task_id, None)
             # One wake-up of the loop per batch of finished tasks, not one per task.
-            self._done.append((conn, msg.task_id, *outcome))
-            del outcome, item, fn  # refs in the result must not live on in this frame
+            self._done.append((after, conn, msg.task_id, *outcome))
+            del outcome, item, fn, after  # refs in the result must not live on in this frame
             if not self._done_scheduled:
                 self._done_scheduled = True
                 self.loop.call_soon_threadsafe(self._flush_done)
@@ -162,7 +171,10 @@ class TaskExecutor:
         self._done_scheduled = False
         done = self._done
         while done:
-            send_done(*done.popleft())
+            after, *reply = done.popleft()
+            send_done(*reply)
+            if after is not None:
+                after()
 
     def stop(self) -> None:
         """Let ``serve_sync_tasks`` return."""
