@@ -455,3 +455,17 @@ def test_destroy_removes_the_directory_and_is_idempotent(store: ObjectStore) -> 
 
 def test_path_is_the_hex_object_id_inside_the_directory(store: ObjectStore) -> None:
     assert store.path(OID) == os.path.join(store.directory, OID.hex())
+
+
+def test_store_usage_tolerates_objects_freed_while_it_measures(tmp_path) -> None:
+    """Objects are freed by other processes at any time; measuring must never fail on that."""
+    from asyncray._store import manager as mgr
+
+    store = ObjectStore(str(tmp_path / "store"), create=True)
+    for i in range(3):
+        (tmp_path / "store" / f"{i:032x}").write_bytes(b"x" * 100)
+    entries = mgr._scan(store.directory)
+    os.unlink(entries[0].path)  # freed between reading the directory and asking for sizes
+    assert sorted(mgr._size(e) for e in entries) == [0, 100, 100]
+    manager = mgr.StoreManager(store, 10_000)
+    assert manager.reserve(100) == {}  # and a reservation still gets an answer

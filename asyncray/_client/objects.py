@@ -29,7 +29,8 @@ from asyncray.exceptions import (
 
 log = logging.getLogger(__name__)
 
-RESERVE_TIMEOUT_S = 60.0
+# The node answers at once (it measures and maybe spills in a thread); past this, write anyway.
+RESERVE_TIMEOUT_S = 10.0
 
 
 class _Entry:

@@ -145,7 +145,12 @@ class NodeService(Service):
             self.store_usage = await loop.run_in_executor(None, manager.usage)
 
     async def _reserve(self, conn: Connection, msg: m.ReserveSpace) -> None:
-        conn.reply(msg.rid, await self._make_room(msg.size))
+        try:
+            where = await self._make_room(msg.size)
+        except Exception as exc:  # the writer waits for an answer: always give one
+            log.warning("could not make room for %d bytes: %s", msg.size, exc)
+            where = {}
+        conn.reply(msg.rid, where)
 
     async def _make_room(self, size: int) -> dict[str, Any]:
         """Reserve store space (spilling if needed); say where to write (see StoreManager.reserve)."""

@@ -72,7 +72,7 @@ class StoreManager:
         """Scan the store and spill directories."""
         used = objects = segments = 0
         for entry in _scan(self.store.directory):
-            size = entry.stat().st_size
+            size = _size(entry)
             if entry.name.startswith(SEGMENT_PREFIX):
                 segments += size
             else:
@@ -80,7 +80,7 @@ class StoreManager:
                 objects += not entry.name.endswith(".tmp")
         spilled = spilled_objects = 0
         for entry in _scan(self.store.spill_dir):
-            spilled += entry.stat().st_size
+            spilled += _size(entry)
             spilled_objects += not entry.name.endswith(".tmp")
         return Usage(used, objects, segments, spilled, spilled_objects, self.limit)
 
@@ -115,7 +115,7 @@ class StoreManager:
             e for e in _scan(self.store.directory)
             if not e.name.endswith(".tmp") and not e.name.startswith(SEGMENT_PREFIX)
         ]
-        files.sort(key=lambda e: e.stat().st_mtime)
+        files.sort(key=lambda e: _mtime(e))
         moved = 0
         for entry in files:
             if moved >= excess:
@@ -149,7 +149,7 @@ class StoreManager:
         best: tuple[int, str] | None = None
         for entry in _scan(self.store.directory):
             if entry.name.startswith(SEGMENT_PREFIX) and not entry.name.endswith(".tmp"):
-                seg_size = entry.stat().st_size
+                seg_size = _size(entry)
                 if seg_size >= size and (best is None or seg_size < best[0]):
                     best = (seg_size, entry.path)
         if best is None:
@@ -208,12 +208,27 @@ class StoreManager:
                 parts = entry.name.split(".")
                 writer_dead = len(parts) >= 3 and parts[-2].isdigit() and not pid_alive(int(parts[-2]))
                 try:
-                    if writer_dead or now - entry.stat().st_mtime > STALE_TMP_S:
+                    if writer_dead or now - _mtime(entry) > STALE_TMP_S:
                         os.unlink(entry.path)
                         removed += 1
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def _size(entry: os.DirEntry[str]) -> int:
+    """A file's size, 0 when it was removed since the directory was read (objects come and go)."""
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _scan(directory: str) -> list[os.DirEntry[str]]:
