@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asyncray._client import context
+from asyncray._looplag import probe_loop_lag
 from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
@@ -91,19 +92,11 @@ class ActorHost:
             return
         if self.is_async:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
-            self.core.spawn(self._probe_lag())
+            self.core.spawn(probe_loop_lag(self._lags, LAG_PROBE_INTERVAL_S))
         elif self.max_concurrency > 1:
             self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="asyncray-actor")
         self.executor.actor_host = self
         conn.reply(msg.rid, {"ok": True})
-
-    async def _probe_lag(self) -> None:
-        """Measure how late the loop wakes a sleeper: a busy or blocked loop shows up here."""
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(LAG_PROBE_INTERVAL_S)
-            self._lags.append(max(0.0, loop.time() - t0 - LAG_PROBE_INTERVAL_S))
 
     def stats(self) -> dict[str, Any]:
         """For the worker's report: mailbox depth and (async actors) the worst recent loop lag."""

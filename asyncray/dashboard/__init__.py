@@ -9,7 +9,6 @@ fetched from it over the head's existing connection, on request.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import errno
 import ipaddress
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from asyncray._looplag import probe_loop_lag
 from asyncray._service import Service
 from asyncray.dashboard._app import build_app
 
@@ -82,7 +82,7 @@ class DashboardService(Service):
         if self.sock is not None:
             await web.SockSite(self._runner, self.sock).start()
             self.url = f"http://{self.host}:{self.port}"
-            self.spawn(self._probe_lag(), "loop-lag-probe")
+            self.spawn(probe_loop_lag(self._lags, LAG_PROBE_INTERVAL_S), "loop-lag-probe")
             return
         last_error: OSError | None = None
         ports = [self.port] if self.port == 0 else range(self.port, self.port + PORT_TRIES + 1)
@@ -109,7 +109,7 @@ class DashboardService(Service):
                 f"the dashboard could not bind to {self.host}:{self.port}..{self.port + PORT_TRIES}: {last_error}; "
                 "pass another dashboard_port, or include_dashboard=False"
             )
-        self.spawn(self._probe_lag(), "loop-lag-probe")
+        self.spawn(probe_loop_lag(self._lags, LAG_PROBE_INTERVAL_S), "loop-lag-probe")
 
     def _bound_port(self, asked: int) -> int:
         assert self._runner is not None
@@ -117,13 +117,6 @@ class DashboardService(Service):
             if isinstance(addr, tuple) and len(addr) >= 2:
                 return int(addr[1])
         return asked
-
-    async def _probe_lag(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(LAG_PROBE_INTERVAL_S)
-            self._lags.append(max(0.0, loop.time() - t0 - LAG_PROBE_INTERVAL_S))
 
     async def _stop(self) -> None:
         if self._runner is not None:
