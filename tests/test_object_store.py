@@ -207,3 +207,59 @@ def test_refs_returned_inside_a_result_are_freed_after_use():
         assert wait_for(lambda: not set(os.listdir(_store_dir())) & before, 5)
     finally:
         asyncray.shutdown()
+
+
+@asyncray.remote
+class Viewer:
+    """Keeps a zero-copy array of an object, not the ref to it."""
+
+    def __init__(self):
+        self.view = None
+
+    def take(self, nested):
+        self.view = asyncray.get(nested[0])
+        return float(self.view[0])
+
+    def ends(self):
+        return float(self.view[0]), float(self.view[-1])
+
+
+def _object_path(ref) -> str:
+    return os.path.join(_store_dir(), ref.hex())
+
+
+def test_freed_memory_is_reused_for_the_next_large_object(fresh_ray):
+    ray = fresh_ray
+    n = 4 * 2**20  # 32 MB: large enough to be recycled
+    ref = ray.put(np.full(n, 1.0))
+    path = _object_path(ref)
+    inode = os.stat(path).st_ino
+    del ref
+    wait_for(lambda: not os.path.exists(path))
+    ref = ray.put(np.full(n, 2.0))
+    assert os.stat(_object_path(ref)).st_ino == inode  # the same pages, written again
+    assert np.all(ray.get(ref) == 2.0)
+
+
+def test_a_freed_object_still_mapped_somewhere_keeps_its_contents(fresh_ray):
+    """Recycling must never overwrite memory that a zero-copy array still shows."""
+    ray = fresh_ray
+    n = 4 * 2**20
+    ref = ray.put(np.full(n, 7.0))
+    path = _object_path(ref)
+    mine = ray.get(ref)  # mapped by the driver...
+    viewer = Viewer.remote()
+    assert ray.get(viewer.take.remote([ref])) == 7.0  # ...and by an actor's worker
+    del ref
+    wait_for(lambda: not os.path.exists(path))  # freed everywhere
+    for i in range(4):
+        r = ray.put(np.full(n, float(i)))
+        assert np.all(ray.get(r) == float(i))
+        del r
+    assert np.all(mine == 7.0)
+    del mine  # now only the actor maps it
+    for i in range(4):
+        r = ray.put(np.full(n, float(i)))
+        del r
+    assert ray.get(viewer.ends.remote()) == (7.0, 7.0)
+    asyncray.kill(viewer)

@@ -31,6 +31,10 @@ MAX_REDIRECTS = 3
 STORE_UPKEEP_S = 1.0
 # Writes at least this large make the node keep a warm segment of their size ready.
 WARM_SEGMENT_MIN_BYTES = 8 * 1024 * 1024
+# Warm segments go back to the OS after this long without a large write (idle footprint).
+WARM_SEGMENT_IDLE_S = 30.0
+# Two, so back-to-back large writes (a loop of puts, args passed by value) mostly find one.
+WARM_SEGMENT_COUNT = 2
 
 
 @dataclass
@@ -83,6 +87,8 @@ class NodeService(Service):
         self.view: list[dict[str, Any]] = []  # the head's latest picture of all nodes
         self._pulls: dict[bytes, asyncio.Future[None]] = {}
         self.transfer: transfer.TransferServer | None = None
+        self._refill: asyncio.Future[None] | None = None
+        self._last_large_write = 0.0
 
     # ------------------------------------------------------------ lifecycle
     async def _start(self) -> None:
@@ -135,14 +141,24 @@ class NodeService(Service):
         self.store.destroy()
 
     async def _store_loop(self) -> None:
-        """Measure the store, keep a warm segment ready, sweep what crashed writers left."""
+        """Measure the store, keep warm segments ready (or give them back when idle), sweep what crashed writers left."""
         loop = asyncio.get_running_loop()
         manager = self.store_manager
         while True:
             await asyncio.sleep(STORE_UPKEEP_S)
-            await loop.run_in_executor(None, manager.refill_segments)
+            idle = time.monotonic() - self._last_large_write > WARM_SEGMENT_IDLE_S
+            if idle and (manager.segment_bytes or self.store_usage.segments):
+                manager.segment_bytes = manager.segment_count = 0
+                await loop.run_in_executor(None, manager.drop_segments)
+            self._refill_segments()
             await loop.run_in_executor(None, manager.sweep_stale)
             self.store_usage = await loop.run_in_executor(None, manager.usage)
+
+    def _refill_segments(self) -> None:
+        """Start refilling warm segments off the loop, unless a refill is already under way."""
+        if self._refill is None or self._refill.done():
+            loop = asyncio.get_running_loop()
+            self._refill = loop.run_in_executor(None, self.store_manager.refill_segments)
 
     async def _reserve(self, conn: Connection, msg: m.ReserveSpace) -> None:
         try:
@@ -155,12 +171,17 @@ class NodeService(Service):
     async def _make_room(self, size: int) -> dict[str, Any]:
         """Reserve store space (spilling if needed); say where to write (see StoreManager.reserve)."""
         manager = self.store_manager
+        large = size >= WARM_SEGMENT_MIN_BYTES
         # Warm segments are sized by what writers actually ask for (none until a big write).
-        if size >= WARM_SEGMENT_MIN_BYTES:
+        if large:
+            self._last_large_write = time.monotonic()
             want = min(1 << (size - 1).bit_length(), manager.limit // 4)
             if want > manager.segment_bytes:
-                manager.segment_bytes, manager.segment_count = want, 1
-        return await asyncio.get_running_loop().run_in_executor(None, manager.reserve, size)
+                manager.segment_bytes, manager.segment_count = want, WARM_SEGMENT_COUNT
+        where = await asyncio.get_running_loop().run_in_executor(None, manager.reserve, size)
+        if large:  # the next large write should find warm memory too: refill now, not at the next upkeep
+            self._refill_segments()
+        return where
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -3,25 +3,33 @@
 Control frames carry no bulk data. To copy an object, the pulling node opens a connection
 to the holder's transfer port and sends one line, ``<cluster token> <object id hex>``; the
 holder checks the token (in constant time), answers with the size (8 bytes, big-endian)
-and ``sendfile``s the object from its store; the puller ``recv_into``s straight into the
-mapped destination file. Both sides run in threads, off the event loops.
+and ``sendfile``s the object from its store; the puller receives into a small warm buffer
+and ``pwrite``s it to the destination file. Both sides run in threads, off the event loops.
+
+Why a bounce buffer instead of receiving into a mapping of the destination: a write fault
+per 4 KiB page of a fresh shared-memory mapping halves the bandwidth (0.8 vs 1.6 GB/s for
+200 MB cold on loopback here; 1.25 vs 2.9 GB/s into a warm segment), while the kernel fills
+tmpfs pages for ``pwrite`` in bulk and the 4 MiB buffer stays in cache.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import mmap
 import os
 import socket
 import socketserver
 import threading
 from collections.abc import Callable
 
+from asyncray._store.shm import open_shared
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1024
 TRANSFER_TIMEOUT_S = 60.0
+BOUNCE_BYTES = 4 * 1024 * 1024
+_bounce = threading.local()  # one warm buffer per pulling thread
 
 
 class TransferServer:
@@ -64,7 +72,11 @@ class TransferServer:
         if path is None:
             sock.sendall((0).to_bytes(8, "big"))
             return
-        with open(path, "rb") as f:
+        fd = open_shared(path)  # locked: a freed object is not recycled while it is being sent
+        if fd is None:
+            sock.sendall((0).to_bytes(8, "big"))
+            return
+        with open(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             sock.sendall(size.to_bytes(8, "big"))
             sock.sendfile(f)
@@ -92,21 +104,26 @@ def fetch(address: str, token: str, object_id: bytes, dest: str) -> int:
         size = int.from_bytes(header, "big")
         if size == 0:
             raise FileNotFoundError(f"node {address} no longer holds object {object_id.hex()}")
-        fd = os.open(dest, os.O_RDWR | os.O_CREAT, 0o600)  # maybe a warm segment: keep its pages
+        buf = getattr(_bounce, "buf", None)
+        if buf is None:
+            buf = _bounce.buf = memoryview(bytearray(BOUNCE_BYTES))
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o600)  # maybe a warm segment: keep its pages
         try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            with mmap.mmap(fd, size) as mm:
-                view = memoryview(mm)
-                got = 0
-                try:
-                    while got < size:
-                        n = sock.recv_into(view[got:], size - got)
-                        if n == 0:
-                            raise ConnectionError(f"node {address} closed the transfer after {got} of {size} bytes")
-                        got += n
-                finally:
-                    view.release()
+            got = 0
+            while got < size:
+                want = min(BOUNCE_BYTES, size - got)
+                filled = 0
+                while filled < want:
+                    n = sock.recv_into(buf[filled:want])
+                    if n == 0:
+                        raise ConnectionError(
+                            f"node {address} closed the transfer after {got + filled} of {size} bytes"
+                        )
+                    filled += n
+                written = 0
+                while written < filled:
+                    written += os.pwrite(fd, buf[written:filled], got + written)
+                got += filled
         finally:
             os.close(fd)
     return size

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncray._procs import pid_alive
-from asyncray._store.shm import ObjectStore
+from asyncray._store.shm import SEGMENT_PREFIX, ObjectStore, open_shared
 
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 0.8
 LOW_WATER = 0.6
-SEGMENT_PREFIX = "segment-"
 # Stale temporary files of writers that died are removed after this long.
 STALE_TMP_S = 30.0
 
@@ -94,16 +93,19 @@ class StoreManager:
         """
         if size > self.limit:
             return {"disk": True}
+        segment = self._take_segment(size)
+        if segment:
+            return {"segment": segment}  # warm memory that is already counted: no growth
         usage = self.usage()
         if usage.used + usage.segments + size > self.limit * HIGH_WATER:
-            self.spill(target=int(self.limit * LOW_WATER) - size)
+            self.drop_segments()  # spare warm memory goes before any object is spilled
             usage = self.usage()
-            if usage.used + size > self.limit:
-                self.drop_segments()
+            if usage.used + usage.segments + size > self.limit * HIGH_WATER:
+                self.spill(target=int(self.limit * LOW_WATER) - size)
+                usage = self.usage()
                 if usage.used + size > self.limit:
                     return {"disk": True}
-        segment = self._take_segment(size)
-        return {"segment": segment} if segment else {}
+        return {}
 
     def spill(self, target: int) -> int:
         """Move the oldest objects to disk until the store holds at most ``target`` bytes."""
@@ -130,9 +132,13 @@ class StoreManager:
         dst = os.path.join(self.store.spill_dir, name)
         tmp = f"{dst}.{os.getpid()}.tmp"
         os.makedirs(self.store.spill_dir, exist_ok=True)
+        fd = open_shared(src)  # the lock keeps it from being recycled while we copy
+        if fd is None:
+            return 0  # freed meanwhile
         try:
-            size = os.path.getsize(src)
-            shutil.copyfile(src, tmp)
+            size = os.fstat(fd).st_size
+            with open(fd, "rb", closefd=False) as f, open(tmp, "wb") as out:
+                shutil.copyfileobj(f, out, 1 << 20)
             os.rename(tmp, dst)  # readers now find it on disk...
             os.unlink(src)  # ...before it leaves memory; open mappings stay valid
         except FileNotFoundError:  # freed meanwhile
@@ -142,6 +148,8 @@ class StoreManager:
             _unlink(tmp)
             log.warning("could not spill %s: %s", name, exc)
             return 0
+        finally:
+            os.close(fd)
         return size
 
     # ------------------------------------------------------------ warm segments
@@ -150,7 +158,8 @@ class StoreManager:
         for entry in _scan(self.store.directory):
             if entry.name.startswith(SEGMENT_PREFIX) and not entry.name.endswith(".tmp"):
                 seg_size = _size(entry)
-                if seg_size >= size and (best is None or seg_size < best[0]):
+                # At most twice the object: a small object must not hold a huge segment's memory.
+                if size <= seg_size <= 2 * size and (best is None or seg_size < best[0]):
                     best = (seg_size, entry.path)
         if best is None:
             return None
@@ -164,9 +173,12 @@ class StoreManager:
 
     def refill_segments(self) -> None:
         """Keep ``segment_count`` warm segments of ``segment_bytes`` ready (slow: call off the loop)."""
+        spare = self._spare_segments()
+        self._trim(spare)
         if not self.segment_bytes:
             return
-        have = [e for e in _scan(self.store.directory) if e.name.startswith(SEGMENT_PREFIX) and ".taken-" not in e.name]
+        # Segments that fit the writes of the size we keep ready (freed objects may be smaller).
+        have = [e for e in spare if _size(e) >= self.segment_bytes // 2]
         usage = self.usage()
         for _ in range(self.segment_count - len(have)):
             if usage.used + usage.segments + self.segment_bytes > self.limit * LOW_WATER:
@@ -188,10 +200,29 @@ class StoreManager:
             usage.segments += self.segment_bytes
 
     def drop_segments(self) -> None:
-        """Give the memory of spare segments back (the store is full of objects)."""
-        for entry in _scan(self.store.directory):
-            if entry.name.startswith(SEGMENT_PREFIX) and ".taken-" not in entry.name:
+        """Give the memory of spare segments back (the store is full of objects, or idle)."""
+        for entry in self._spare_segments():
+            _unlink(entry.path)
+
+    def _spare_segments(self) -> list[os.DirEntry[str]]:
+        return [
+            e for e in _scan(self.store.directory)
+            if e.name.startswith(SEGMENT_PREFIX) and ".taken-" not in e.name and not e.name.endswith(".tmp")
+        ]
+
+    def _trim(self, spare: list[os.DirEntry[str]]) -> None:
+        """Keep spare segments (freed objects pile up here) within a quarter of the store, newest first."""
+        budget = self.limit // 4
+        spare.sort(key=_mtime, reverse=True)
+        kept = []
+        for entry in spare:
+            size = _size(entry)
+            if size <= budget:
+                budget -= size
+                kept.append(entry)
+            else:
                 _unlink(entry.path)
+        spare[:] = kept
 
     def sweep_stale(self, now: float | None = None) -> int:
         """Remove temporary files left by writers that died mid-write.

@@ -6,6 +6,14 @@ file that the node sweeps. Readers ``mmap`` the file read-only and hand pickle p
 out-of-band buffers that point into the mapping: numpy arrays come back zero-copy and
 read-only.
 
+Recycling: a freed object's file becomes a warm segment for the next large write (its pages
+are already allocated, so that write runs at memory speed) - but only when no process still
+maps it, since zero-copy arrays of a freed object stay valid in Ray. Every reader holds a
+shared ``flock`` on the file for as long as its mapping lives (the mapping keeps a duplicate
+of the descriptor, and the lock belongs to that open file); the deleter recycles only when
+an exclusive ``flock`` succeeds at once, and otherwise unlinks as before. A reader checks,
+after locking, that the path still names the file it locked.
+
 Layout: ``MAGIC | u32 nbufs | u64 data_len | u64 buf_len * nbufs``, then the pickle bytes and
 each buffer, every part aligned to 64 bytes.
 """
@@ -13,6 +21,7 @@ each buffer, every part aligned to 64 bytes.
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import pickle
@@ -22,6 +31,9 @@ from typing import Any
 
 MAGIC = b"ARS1"
 ALIGN = 64
+SEGMENT_PREFIX = "segment-"
+# Freed objects at least this large become warm segments (when nobody maps them).
+RECYCLE_MIN_BYTES = 8 * 1024 * 1024
 
 
 def _align(n: int) -> int:
@@ -110,17 +122,13 @@ class ObjectStore:
 
     def read(self, object_id: bytes) -> tuple[memoryview, list[memoryview]]:
         """Map an object (from memory, or from disk if spilled); returns views into the mapping."""
-        try:
-            fd = os.open(self.path(object_id), os.O_RDONLY)
-        except FileNotFoundError:
-            try:
-                fd = os.open(self.spill_path(object_id), os.O_RDONLY)
-            except FileNotFoundError:
-                from asyncray.exceptions import ObjectLostError
+        fd = self.open_locked(object_id)
+        if fd is None:
+            from asyncray.exceptions import ObjectLostError
 
-                raise ObjectLostError(f"object {object_id.hex()} is not in this node's store any more") from None
+            raise ObjectLostError(f"object {object_id.hex()} is not in this node's store any more")
         try:
-            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # keeps a dup of fd, and with it the lock
         finally:
             os.close(fd)
         view = memoryview(mm)
@@ -138,13 +146,42 @@ class ObjectStore:
             pos += n
         return data, bufs
 
-    def delete(self, object_id: bytes) -> None:
-        """Remove an object wherever it is; readers that mapped it keep their mapping."""
+    def open_locked(self, object_id: bytes) -> int | None:
+        """Open an object read-only under a shared lock (so it is not recycled); None if it is gone."""
         for path in (self.path(object_id), self.spill_path(object_id)):
+            fd = open_shared(path)
+            if fd is not None:
+                return fd
+        return None
+
+    def delete(self, object_id: bytes) -> None:
+        """Free an object wherever it is: recycle its memory if nobody maps it, else unlink it.
+
+        Readers that mapped it keep their mapping, intact.
+        """
+        path = self.path(object_id)
+        if not self._recycle(path, object_id):
+            _unlink(path)
+        _unlink(self.spill_path(object_id))
+
+    def _recycle(self, path: str, object_id: bytes) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            if os.fstat(fd).st_size < RECYCLE_MIN_BYTES:
+                return False
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # someone still maps it: its pages must stay as they are
+            os.rename(path, os.path.join(self.directory, f"{SEGMENT_PREFIX}freed-{object_id.hex()}"))
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def contains(self, object_id: bytes) -> bool:
         """True once the object is fully written (in memory or on disk)."""
@@ -154,3 +191,32 @@ class ObjectStore:
         """Remove both directories (node shutdown)."""
         shutil.rmtree(self.directory, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def open_shared(path: str) -> int | None:
+    """Open ``path`` read-only and take a shared lock; None if it does not exist (any more).
+
+    The check after locking catches a file that was recycled between open and lock.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except FileNotFoundError:
+        pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
