@@ -162,14 +162,20 @@ class NodeService(Service):
 
     async def _reserve(self, conn: Connection, msg: m.ReserveSpace) -> None:
         try:
-            where = await self._make_room(msg.size)
+            # A writer copies at 2-5 GB/s: refill when it is probably done.
+            where = await self._make_room(msg.size, refill_after_s=0.01 + msg.size / 2e9)
         except Exception as exc:  # the writer waits for an answer: always give one
             log.warning("could not make room for %d bytes: %s", msg.size, exc)
             where = {}
         conn.reply(msg.rid, where)
 
-    async def _make_room(self, size: int) -> dict[str, Any]:
-        """Reserve store space (spilling if needed); say where to write (see StoreManager.reserve)."""
+    async def _make_room(self, size: int, *, refill_after_s: float | None = None) -> dict[str, Any]:
+        """Reserve store space (spilling if needed); say where to write (see StoreManager.reserve).
+
+        After a large reservation the warm segments are refilled, once the write has likely
+        finished (``refill_after_s``; None: the caller refills): filling a segment while the
+        writer fills its own would halve both (they compete for memory bandwidth).
+        """
         manager = self.store_manager
         large = size >= WARM_SEGMENT_MIN_BYTES
         # Warm segments are sized by what writers actually ask for (none until a big write).
@@ -179,8 +185,8 @@ class NodeService(Service):
             if want > manager.segment_bytes:
                 manager.segment_bytes, manager.segment_count = want, WARM_SEGMENT_COUNT
         where = await asyncio.get_running_loop().run_in_executor(None, manager.reserve, size)
-        if large:  # the next large write should find warm memory too: refill now, not at the next upkeep
-            self._refill_segments()
+        if large and refill_after_s is not None:  # the next large write should find warm memory too
+            asyncio.get_running_loop().call_later(refill_after_s, self._refill_segments)
         return where
 
     async def _heartbeat_loop(self) -> None:
@@ -389,6 +395,8 @@ class NodeService(Service):
         try:
             size = await loop.run_in_executor(None, transfer.fetch, node["transfer"], self.config.token, oid, tmp)
             os.rename(tmp, final)
+            if size_hint:
+                self._refill_segments()
         except BaseException:
             try:
                 os.unlink(tmp)

@@ -3,20 +3,24 @@
 Control frames carry no bulk data. To copy an object, the pulling node opens a connection
 to the holder's transfer port and sends one line, ``<cluster token> <object id hex>``; the
 holder checks the token (in constant time), answers with the size (8 bytes, big-endian)
-and ``sendfile``s the object from its store; the puller receives into a small warm buffer
-and ``pwrite``s it to the destination file. Both sides run in threads, off the event loops.
+and ``sendfile``s the object from its store; the puller ``splice``s it from the socket
+through a pipe into the destination file, so on neither end does a byte pass through
+Python. Both sides run in threads, off the event loops.
 
-Why a bounce buffer instead of receiving into a mapping of the destination: a write fault
-per 4 KiB page of a fresh shared-memory mapping halves the bandwidth (0.8 vs 1.6 GB/s for
-200 MB cold on loopback here; 1.25 vs 2.9 GB/s into a warm segment), while the kernel fills
-tmpfs pages for ``pwrite`` in bulk and the 4 MiB buffer stays in cache.
+Measured for 200 MB on loopback here, into a warm destination: splice 4.3-4.6 GB/s;
+``recv_into`` a 4 MiB buffer + ``pwrite`` 1.3-3.7 GB/s (the fallback where splice is
+refused); ``recv_into`` a mapping of the destination 1.25 GB/s, and 0.8 GB/s into fresh
+memory, where every 4 KiB page faults.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hmac
 import logging
 import os
+import select
 import socket
 import socketserver
 import threading
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1024
 TRANSFER_TIMEOUT_S = 60.0
 BOUNCE_BYTES = 4 * 1024 * 1024
+SPLICE_BYTES = 1024 * 1024
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _bounce = threading.local()  # one warm buffer per pulling thread
 
 
@@ -104,29 +110,72 @@ def fetch(address: str, token: str, object_id: bytes, dest: str) -> int:
         size = int.from_bytes(header, "big")
         if size == 0:
             raise FileNotFoundError(f"node {address} no longer holds object {object_id.hex()}")
-        buf = getattr(_bounce, "buf", None)
-        if buf is None:
-            buf = _bounce.buf = memoryview(bytearray(BOUNCE_BYTES))
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o600)  # maybe a warm segment: keep its pages
         try:
-            got = 0
-            while got < size:
-                want = min(BOUNCE_BYTES, size - got)
-                filled = 0
-                while filled < want:
-                    n = sock.recv_into(buf[filled:want])
-                    if n == 0:
-                        raise ConnectionError(
-                            f"node {address} closed the transfer after {got + filled} of {size} bytes"
-                        )
-                    filled += n
-                written = 0
-                while written < filled:
-                    written += os.pwrite(fd, buf[written:filled], got + written)
-                got += filled
+            got = _receive_spliced(sock, fd, size) if hasattr(os, "splice") else 0
+            _receive_copied(sock, fd, size, got)
+        except ConnectionError as exc:
+            raise ConnectionError(f"node {address}: {exc}") from None
         finally:
             os.close(fd)
     return size
+
+
+def _receive_spliced(sock: socket.socket, fd: int, size: int) -> int:
+    """Move ``size`` bytes from the socket into file ``fd`` through a pipe, in the kernel.
+
+    Returns how many bytes arrived this way (less than ``size`` when splicing is refused,
+    e.g. by an old kernel or a file system without it: the caller copies the rest).
+    """
+    r, w = os.pipe()
+    try:
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, SPLICE_BYTES)  # fewer, larger moves
+        except OSError:
+            pass  # above the system's pipe-max-size: the default size works too
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        got = 0
+        while got < size:
+            try:
+                n = os.splice(sock.fileno(), w, min(SPLICE_BYTES, size - got))
+            except BlockingIOError:  # the socket has a timeout, so it is non-blocking
+                if not poller.poll(TRANSFER_TIMEOUT_S * 1000):
+                    raise TimeoutError(f"no data for {TRANSFER_TIMEOUT_S:.0f} s after {got} of {size} bytes") from None
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and got == 0:
+                    return 0
+                raise
+            if n == 0:
+                raise ConnectionError(f"the transfer was closed after {got} of {size} bytes")
+            moved = 0
+            while moved < n:
+                moved += os.splice(r, fd, n - moved, offset_dst=got + moved)
+            got += n
+        return got
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _receive_copied(sock: socket.socket, fd: int, size: int, got: int) -> None:
+    """Receive the rest of the object through a warm buffer and ``pwrite`` it."""
+    buf = getattr(_bounce, "buf", None)
+    if buf is None:
+        buf = _bounce.buf = memoryview(bytearray(BOUNCE_BYTES))
+    while got < size:
+        want = min(BOUNCE_BYTES, size - got)
+        filled = 0
+        while filled < want:
+            n = sock.recv_into(buf[filled:want])
+            if n == 0:
+                raise ConnectionError(f"the transfer was closed after {got + filled} of {size} bytes")
+            filled += n
+        written = 0
+        while written < filled:
+            written += os.pwrite(fd, buf[written:filled], got + written)
+        got += filled
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

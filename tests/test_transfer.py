@@ -1,0 +1,87 @@
+"""The node-to-node object stream on its own: a real server thread, real sockets, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import socket
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from asyncray._node import transfer
+from asyncray._store.shm import ObjectStore
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def holder(tmp_path) -> Iterator[tuple[ObjectStore, transfer.TransferServer]]:
+    store = ObjectStore(str(tmp_path / "store"), create=True)
+    server = transfer.TransferServer("127.0.0.1", TOKEN, lambda oid: _locate(store, oid))
+    yield store, server
+    server.stop()
+
+
+def _locate(store: ObjectStore, oid: bytes) -> str | None:
+    return store.path(oid) if store.contains(oid) else None
+
+
+def _put(store: ObjectStore, oid: bytes, value: object) -> None:
+    bufs: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(value, protocol=5, buffer_callback=bufs.append)
+    store.write(oid, data, bufs)
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_an_object_crosses_intact(holder, tmp_path, monkeypatch, splice):
+    store, server = holder
+    if not splice:  # the fallback for systems without splice(2)
+        monkeypatch.delattr(os, "splice", raising=False)
+    oid = os.urandom(16)
+    _put(store, oid, np.random.default_rng(1).random(3_000_000))  # 24 MB, not a multiple of any chunk
+    dest = str(tmp_path / "dest")
+    size = transfer.fetch(server.address, TOKEN, oid, dest)
+    assert size == os.path.getsize(store.path(oid))
+    assert _digest(dest) == _digest(store.path(oid))
+
+
+def test_a_warm_destination_larger_than_the_object_keeps_the_object_readable(holder, tmp_path):
+    store, server = holder
+    oid = os.urandom(16)
+    value = np.arange(500_000, dtype=np.int64)
+    _put(store, oid, value)
+    dest_store = ObjectStore(str(tmp_path / "other"), create=True)
+    dest = dest_store.path(oid)
+    with open(dest, "wb") as f:
+        f.write(b"\xff" * (8 * 1024 * 1024))  # an old, larger segment full of junk
+    transfer.fetch(server.address, TOKEN, oid, dest)
+    data, bufs = dest_store.read(oid)
+    assert np.array_equal(pickle.loads(data, buffers=bufs), value)
+
+
+def test_a_missing_object_is_reported(holder, tmp_path):
+    _, server = holder
+    with pytest.raises(FileNotFoundError, match="no longer holds"):
+        transfer.fetch(server.address, TOKEN, os.urandom(16), str(tmp_path / "dest"))
+
+
+def test_a_wrong_token_gets_nothing_and_the_server_keeps_serving(holder, tmp_path):
+    store, server = holder
+    oid = os.urandom(16)
+    _put(store, oid, b"x" * 1000)
+    with pytest.raises(ConnectionError):
+        transfer.fetch(server.address, "wrong", oid, str(tmp_path / "dest"))
+    host, _, port = server.address.rpartition(":")
+    with socket.create_connection((host, int(port))) as sock:  # garbage, then hang up
+        sock.sendall(os.urandom(5000))
+    assert transfer.fetch(server.address, TOKEN, oid, str(tmp_path / "dest2")) > 0
