@@ -263,3 +263,29 @@ def test_a_freed_object_still_mapped_somewhere_keeps_its_contents(fresh_ray):
         del r
     assert ray.get(viewer.ends.remote()) == (7.0, 7.0)
     asyncray.kill(viewer)
+
+
+@asyncray.remote
+def view_info(v):
+    return type(v).__name__, v.readonly, v.nbytes, bytes(v[:4])
+
+
+@asyncray.remote
+def make_view(n):
+    return memoryview(bytes(range(256)) * (n // 256))
+
+
+def test_bytes_bytearray_and_memoryview_payloads(fresh_ray):
+    import mmap
+
+    ray = fresh_ray
+    blob = os.urandom(3 * 2**20)
+    assert ray.get(ray.put(blob)) == blob
+    out = ray.get(ray.put(bytearray(blob)))
+    assert type(out) is bytearray and out == blob
+    view = ray.get(ray.put(memoryview(blob)))
+    assert type(view) is memoryview and view.readonly and isinstance(view.obj, mmap.mmap)  # zero-copy
+    assert view.tobytes() == blob
+    assert ray.get(view_info.remote(memoryview(blob))) == ("memoryview", True, len(blob), blob[:4])
+    made = ray.get(make_view.remote(2**20))
+    assert type(made) is memoryview and made.nbytes == 2**20 and made[:3].tobytes() == b"\x00\x01\x02"

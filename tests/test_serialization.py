@@ -110,7 +110,8 @@ def test_inline_size_counts_out_of_band_buffers(store: ObjectStore) -> None:
 
 def test_inline_threshold_is_inclusive(store: ObjectStore) -> None:
     probe = ser.INLINE_MAX_BYTES - 100  # same pickle opcodes and framing as at the limit
-    overhead = len(ser.dumps(b"x" * probe)[0]) - probe
+    data, bufs = ser.dumps(b"x" * probe)
+    overhead = len(data) + sum(b.raw().nbytes for b in bufs) - probe
     at_limit = b"x" * (ser.INLINE_MAX_BYTES - overhead)
     desc = ser.make_descriptor(at_limit, store, OID)
     assert desc[0] == ser.INLINE and ser.descriptor_size(desc) == ser.INLINE_MAX_BYTES
@@ -212,6 +213,52 @@ def test_other_large_values_round_trip_through_the_store(make: Any, store: Objec
             assert out.flags.f_contiguous == value.flags.f_contiguous
     else:
         assert out == value and type(out) is type(value)
+
+
+# ---------------------------------------------------------------- bytes, bytearray, memoryview
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_large_binary_is_written_out_of_band_not_copied_into_the_pickle(kind: type, store: ObjectStore) -> None:
+    value = kind(os.urandom(ser.BINARY_OUT_OF_BAND_BYTES * 4))
+    data, bufs = ser.dumps(value)
+    assert len(data) < 200  # the payload is not in the pickle...
+    assert [b.raw().nbytes for b in bufs] == [len(value)]  # ...it is one buffer, the caller's own memory
+    assert bufs[0].raw().obj is value
+    out = ser.load_descriptor(ser.make_descriptor(value, store, OID), store)
+    assert out == value and type(out) is kind
+    if kind is bytearray:
+        out[0] ^= 1  # a bytearray comes back as a bytearray of its own (mutable, like the original)
+        assert ser.load_descriptor(ser.make_descriptor(value, store, OID[::-1]), store) == value
+
+
+def test_stored_memoryview_comes_back_as_a_read_only_view_of_shared_memory(store: ObjectStore) -> None:
+    arr = np.arange(250_000, dtype=np.int32).reshape(500, 500)
+    desc = ser.make_descriptor(memoryview(arr), store, OID)
+    assert desc[0] == ser.STORED
+    out = ser.load_descriptor(desc, store)
+    assert type(out) is memoryview and out.readonly
+    assert (out.format, out.shape) == ("i", (500, 500))
+    assert out[499, 499] == arr[499, 499]
+    assert isinstance(out.obj, mmap.mmap)  # zero-copy: the view is of the mapping itself
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: memoryview(b"small"),
+        lambda: memoryview(np.arange(100, dtype=np.float64))[::3],  # not contiguous: copied once, still a view
+        lambda: [memoryview(b"nested"), "in a list"],
+        lambda: memoryview(np.zeros((0, 4), dtype=np.int8)),
+    ],
+    ids=["small", "strided", "nested", "empty"],
+)
+def test_memoryviews_of_every_shape_round_trip(make: Any, store: ObjectStore) -> None:
+    value = make()
+    out = ser.load_descriptor(over_msgpack(ser.make_descriptor(value, None, OID)), None)
+    if isinstance(value, list):
+        assert out[0].tobytes() == b"nested" and out[1] == "in a list"
+    else:
+        assert type(out) is memoryview
+        assert out.tobytes() == value.tobytes() and out.format == value.format
 
 
 def test_stored_descriptor_without_a_store_is_a_clear_error(store: ObjectStore) -> None:

@@ -13,11 +13,13 @@ A *descriptor* says where a value is, as a msgpack-native list:
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import io
 import pickle
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cloudpickle
 
@@ -56,8 +58,16 @@ def note_ref(ref: Any) -> bool:
     return True
 
 
+# A top-level bytes or bytearray at least this large travels as an out-of-band buffer: it is
+# written straight from the caller's object into shared memory, never copied into a pickle.
+BINARY_OUT_OF_BAND_BYTES = 64 * 1024
+
+
 def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle a value; return the in-band bytes and the out-of-band buffers."""
+    kind = type(value)
+    if kind is memoryview or ((kind is bytes or kind is bytearray) and len(value) >= BINARY_OUT_OF_BAND_BYTES):
+        value = _Binary(value)  # pickle's own fast path would copy them in band (memoryview: refuse)
     buffers: list[pickle.PickleBuffer] = []
     try:
         data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -65,8 +75,55 @@ def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
             raise _UseCloudpickle
     except (_UseCloudpickle, pickle.PicklingError, AttributeError, TypeError):
         buffers = []
-        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        out = io.BytesIO()
+        _CloudPickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+        data = out.getvalue()
     return data, buffers
+
+
+class _Binary:
+    """Pickles a bytes, bytearray or memoryview as one out-of-band buffer."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray | memoryview) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        value = self.value
+        if type(value) is memoryview:
+            return _reduce_memoryview(value)
+        return _rebuild_binary, (type(value) is bytearray, pickle.PickleBuffer(value))
+
+
+def _rebuild_binary(mutable: bool, buf: Any) -> bytes | bytearray:
+    """bytes and bytearray own their memory in CPython: this is the one copy out of the store."""
+    if mutable:
+        return bytearray(buf)
+    return buf if type(buf) is bytes else bytes(buf)
+
+
+def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
+    buf: Any = pickle.PickleBuffer(view) if view.c_contiguous else view.tobytes()
+    return _rebuild_memoryview, (buf, view.format, view.shape)
+
+
+def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    """A memoryview of the stored bytes themselves (read-only, zero-copy), with its format and shape."""
+    view = memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if fmt == "B" and len(shape) == 1:
+        return view
+    if view.nbytes == 0:  # memoryview cannot cast to a shape with zeros: keep the format only
+        return view.cast(fmt)
+    return view.cast(fmt, shape)
+
+
+class _CloudPickler(cloudpickle.Pickler):
+    """cloudpickle that also takes memoryviews nested in a value (pickle refuses them)."""
+
+    dispatch_table: ClassVar[Any] = collections.ChainMap({memoryview: _reduce_memoryview}, cloudpickle.Pickler.dispatch_table)
 
 
 def dumps_function(fn: Any) -> bytes:
