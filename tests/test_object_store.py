@@ -235,7 +235,7 @@ def test_freed_memory_is_reused_for_the_next_large_object(fresh_ray):
     path = _object_path(ref)
     inode = os.stat(path).st_ino
     del ref
-    wait_for(lambda: not os.path.exists(path))
+    assert wait_for(lambda: not os.path.exists(path))
     ref = ray.put(np.full(n, 2.0))
     assert os.stat(_object_path(ref)).st_ino == inode  # the same pages, written again
     assert np.all(ray.get(ref) == 2.0)
@@ -251,7 +251,7 @@ def test_a_freed_object_still_mapped_somewhere_keeps_its_contents(fresh_ray):
     viewer = Viewer.remote()
     assert ray.get(viewer.take.remote([ref])) == 7.0  # ...and by an actor's worker
     del ref
-    wait_for(lambda: not os.path.exists(path))  # freed everywhere
+    assert wait_for(lambda: not os.path.exists(path))  # freed everywhere
     for i in range(4):
         r = ray.put(np.full(n, float(i)))
         assert np.all(ray.get(r) == float(i))
@@ -289,3 +289,57 @@ def test_bytes_bytearray_and_memoryview_payloads(fresh_ray):
     assert ray.get(view_info.remote(memoryview(blob))) == ("memoryview", True, len(blob), blob[:4])
     made = ray.get(make_view.remote(2**20))
     assert type(made) is memoryview and made.nbytes == 2**20 and made[:3].tobytes() == b"\x00\x01\x02"
+
+
+@asyncray.remote
+class Maker:
+    """Owns an object and hands out refs to it."""
+
+    def make(self, n):
+        self.ref = asyncray.put(np.ones(n))
+        return [self.ref]
+
+    def drop(self):
+        self.ref = None
+
+
+@asyncray.remote
+def pass_through(nested):
+    return nested  # refs it borrowed from a third process, returned inside its result
+
+
+@asyncray.remote
+class Holder:
+    def __init__(self, nested):
+        self.nested = nested
+
+    def total(self):
+        return float(asyncray.get(self.nested[0]).sum())
+
+
+def test_refs_owned_by_a_third_process_and_returned_in_a_result_are_freed(fresh_ray):
+    ray = fresh_ray
+    maker = Maker.remote()
+    [ref] = ray.get(maker.make.remote(2**20))  # 8 MB in the store, owned by the actor
+    path = _object_path(ref)
+    back = ray.get(pass_through.remote([ref]))  # a worker held it for us, then handed it over
+    assert back == [ref] and float(ray.get(back[0]).sum()) == 2**20
+    ray.get(maker.drop.remote())
+    assert os.path.exists(path)  # we still hold two refs to it
+    del ref
+    assert float(ray.get(back[0]).sum()) == 2**20
+    del back
+    assert wait_for(lambda: not os.path.exists(path), timeout=10)  # no one holds it: freed, workers still running
+
+
+def test_refs_in_actor_constructor_arguments_live_with_the_actor_then_go(fresh_ray):
+    ray = fresh_ray
+    ref = ray.put(np.ones(2**20))
+    path = _object_path(ref)
+    holder = Holder.remote([ref])
+    del ref
+    assert ray.get(holder.total.remote()) == 2**20
+    time.sleep(0.3)
+    assert os.path.exists(path)  # the actor holds it
+    ray.kill(holder)
+    assert wait_for(lambda: not os.path.exists(path), timeout=10)

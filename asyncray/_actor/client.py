@@ -34,8 +34,10 @@ class _Channel:
 
     __slots__ = (
         "actor_id",
+        "address",
         "class_name",
         "conn",
+        "ctor_refs",
         "dead",
         "escaped",
         "handles",
@@ -59,6 +61,9 @@ class _Channel:
         self.ready: dict[int, TaskSpec] = {}
         self.inflight: dict[bytes, TaskSpec] = {}
         self.conn: Connection | None = None
+        self.address = ""  # the actor's worker, for handing over refs inside results
+        self.ctor_refs: list[ObjectRef] | None = None  # refs in the constructor's arguments: kept
+        # alive while the actor may restart (it is built from them again), dropped once it is dead
         self.incarnation = -1
         self.dead: list[Any] | None = None  # error descriptor once the actor is gone for good
         self.resolving = False
@@ -91,13 +96,14 @@ class ActorClient:
     # ------------------------------------------------------------ creating (any thread)
     def create(
         self, actor_id: bytes, name: str, namespace: str, get_if_exists: bool,
-        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef],
+        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef], ctor_refs: list[ObjectRef],
     ) -> ActorHandle:
         """Ask the head to start an actor; named ones are checked before returning (off-loop)."""
         from asyncray._actor.handle import ActorHandle
 
         core = self.core
         ch = self._channel(actor_id, meta["class_name"])
+        ch.ctor_refs = ctor_refs or None
         done: Any = None
         if name and not core.on_loop_thread():
             import concurrent.futures
@@ -211,7 +217,7 @@ class ActorClient:
             ch.resolving = False
         ch.incarnation = entry["incarnation"]
         ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
-        ch.conn = conn
+        ch.conn, ch.address = conn, entry["address"]
         self._flush(ch)
 
     def owns_task(self, task_id: bytes) -> bool:
@@ -223,7 +229,7 @@ class ActorClient:
         ch = self._by_task.pop(msg.task_id)
         spec = ch.inflight.pop(msg.task_id, None)
         if spec is not None:
-            self.core._finish(spec, msg.results, msg.contained)
+            self.core._finish(spec, msg.results, msg.contained, ch.address)
         self._maybe_release(ch)
 
     def connection_lost(self, conn: Connection) -> None:
@@ -267,10 +273,12 @@ class ActorClient:
         ch.incarnation = entry["incarnation"]
         ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
         ch.conn = await core._peer(entry["address"])
+        ch.address = entry["address"]
         self._flush(ch)
 
     def _die(self, ch: _Channel, desc: list[Any]) -> None:
         ch.dead = desc
+        ch.ctor_refs = None
         for spec in list(ch.inflight.values()):
             self._by_task.pop(spec.task_id, None)
             self.core._finish(spec, [desc] * len(spec.return_ids))
@@ -323,6 +331,7 @@ class ActorClient:
         if ch.next_seq != ch.send_seq or self.core._closed:
             return  # calls still being prepared
         ch.dead = ser.error_descriptor(ActorDiedError(f"actor {ch.class_name} went out of scope"))
+        ch.ctor_refs = None
         self.core.spawn(self.kill(ch.actor_id, True, "all handles to it went out of scope"))
 
 

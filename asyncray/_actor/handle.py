@@ -79,8 +79,6 @@ class ActorClass:
             raise ValueError(f"actor name must be a string, got {type(name).__name__}")
         namespace = opts.get("namespace") or getattr(core, "namespace", "default")
         arg_descs, kw_descs, deps, contained = encode_args(core, f"{self._cls.__name__}.__init__", args, kwargs)
-        for ref in contained:  # the actor is built later, by the head: keep these for its life
-            core.ref_escaped(ref.id)
         meta = dict(self._meta)
         meta["max_task_retries"] = opts.get("max_task_retries") or 0
         default_conc = DEFAULT_ASYNC_CONCURRENCY if meta["is_async"] else 1
@@ -96,7 +94,7 @@ class ActorClass:
             "affinity": _affinity(opts.get("scheduling_strategy")),
         }
         return core.actors.create(
-            _ids.new_id(), name, namespace, bool(opts.get("get_if_exists")), meta, spec, deps
+            _ids.new_id(), name, namespace, bool(opts.get("get_if_exists")), meta, spec, deps, contained
         )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from asyncray import _ids
 from asyncray._client import context
-from asyncray._client.objects import ObjectTable, _Entry, _LoopBridge
+from asyncray._client.objects import ObjectTable, _BorrowNotice, _Entry, _LoopBridge, peer_address
 from asyncray._client.ref import ObjectRef
 from asyncray._client.submit import RECLAIM_WINDOW_S, TaskSubmitter, _Lease, _SchedQueue
 from asyncray._client.task_spec import TaskSpec
@@ -98,7 +98,7 @@ class Core(ObjectTable, TaskSubmitter):
         self._spread_next = 0
         self._live: dict[bytes, TaskSpec] = {}
         self._borrowed_from: dict[bytes, str] = {}
-        self._borrow_out: dict[str, tuple[list[bytes], list[bytes]]] = {}
+        self._borrow_out: dict[str, _BorrowNotice] = {}
         self._borrow_flush = False
         self._incoming: set[Connection] = set()
         self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}
@@ -214,6 +214,7 @@ class Core(ObjectTable, TaskSubmitter):
             raise
         finally:
             self._connecting.pop(address, None)
+        conn.state["address"] = address  # who is at the other end (it sends us no Hello)
         self._peers[address] = conn
         fut.set_result(conn)
         return conn
@@ -225,8 +226,9 @@ class Core(ObjectTable, TaskSubmitter):
         for addr, c in list(self._peers.items()):
             if c is conn:
                 del self._peers[addr]
-        if conn.peer is not None and conn.peer.address:
-            self._borrower_gone(conn.peer.address)
+        address = peer_address(conn)
+        if address and self._route_to(address) is None:  # its last connection to us: it is gone
+            self._borrower_gone(address)
         self._release_handoffs(conn)
         self._worker_lost(conn)
         if self.executor is not None:

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from asyncray import _ids
@@ -31,6 +32,21 @@ log = logging.getLogger(__name__)
 
 # The node answers at once (it measures and maybe spills in a thread); past this, write anyway.
 RESERVE_TIMEOUT_S = 10.0
+
+
+def peer_address(conn: Connection) -> str:
+    """The listening address of the process at the other end of a connection, either way round."""
+    return conn.peer.address if conn.peer is not None else conn.state.get("address", "")
+
+
+@dataclass(slots=True)
+class _BorrowNotice:
+    """What this process will tell one peer about refs at the end of this loop iteration."""
+
+    add: list[bytes] = field(default_factory=list)
+    drop: list[bytes] = field(default_factory=list)
+    handoff: list[list[Any]] = field(default_factory=list)
+    released: list[bytes] = field(default_factory=list)
 
 
 class _Entry:
@@ -137,23 +153,28 @@ class ObjectTable:
 
     def _queue_borrow(self, owner: str, object_id: bytes, add: bool) -> None:
         """Batch borrower notices per owner; one frame per owner per loop iteration."""
-        pending = self._borrow_out.get(owner)
-        if pending is None:
-            pending = self._borrow_out[owner] = ([], [])
-        pending[0 if add else 1].append(object_id)
+        notice = self._notice(owner)
+        (notice.add if add else notice.drop).append(object_id)
+
+    def _notice(self, address: str) -> _BorrowNotice:
+        notice = self._borrow_out.get(address)
+        if notice is None:
+            notice = self._borrow_out[address] = _BorrowNotice()
         if not self._borrow_flush:
             self._borrow_flush = True
             self.call_soon(self._flush_borrows)
+        return notice
 
     def _flush_borrows(self) -> None:
         self._borrow_flush = False
         out, self._borrow_out = self._borrow_out, {}
-        for owner, (add, drop) in out.items():
-            conn = self._route_to(owner)
+        for address, notice in out.items():
+            msg = m.Borrow(add=notice.add, drop=notice.drop, handoff=notice.handoff, released=notice.released)
+            conn = self._route_to(address)
             if conn is not None:
-                conn.send(m.Borrow(add=add, drop=drop))
+                conn.send(msg)
             elif not self._closed:
-                self.spawn(self._send_borrow_later(owner, m.Borrow(add=add, drop=drop)))
+                self.spawn(self._send_borrow_later(address, msg))
 
     async def _send_borrow_later(self, owner: str, msg: m.Borrow) -> None:
         try:
@@ -163,31 +184,64 @@ class ObjectTable:
 
     def _on_borrow(self, conn: Connection, msg: m.Borrow) -> None:
         """Owner side: a borrower started or stopped holding refs to our objects."""
-        who = conn.peer.address if conn.peer is not None else ""
+        who = peer_address(conn)
+        # Counts per borrower may dip below zero for a moment: a borrower's add and drop can
+        # travel on different connections (one it opened, one we opened) and cross.
         for oid in msg.add:
             entry = self._objects.get(oid)
             if entry is not None and entry.owned:
                 if entry.borrowers is None:
                     entry.borrowers = {}
-                entry.borrowers[who] = entry.borrowers.get(who, 0) + 1
-            holds = self._handoff.get(oid)
-            if holds:  # the caller of a task that returned this ref took it over
-                holds.pop(0)
-                if not holds:
-                    del self._handoff[oid]
+                n = entry.borrowers.get(who, 0) + 1
+                if n:
+                    entry.borrowers[who] = n
+                else:
+                    del entry.borrowers[who]
+                    self._maybe_free(oid)
         for oid in msg.drop:
             entry = self._objects.get(oid)
-            if entry is not None and entry.borrowers and who in entry.borrowers:
-                entry.borrowers[who] -= 1
-                if entry.borrowers[who] <= 0:
+            if entry is not None and entry.owned:
+                if entry.borrowers is None:
+                    entry.borrowers = {}
+                n = entry.borrowers.get(who, 0) - 1
+                if n:
+                    entry.borrowers[who] = n  # below zero: its add is still on the way
+                else:
                     del entry.borrowers[who]
-                self._maybe_free(oid)
+                    self._maybe_free(oid)
+        for oid, holder in msg.handoff:  # after the adds: the new borrower is counted first
+            if holder == self.address:
+                self._release_handoff(oid)
+            else:
+                self._notice(holder).released.append(oid)
+        for oid in msg.released:
+            self._release_handoff(oid)
+
+    def took_over(self, holder: str, refs: list[ObjectRef]) -> None:
+        """We now hold refs that ``holder`` kept alive for us (inside a task's result): let it go.
+
+        The notice goes through each object's owner, after our own ``Borrow`` add, so the
+        owner never sees the holder drop before it knows about us.
+        """
+        for ref in refs:
+            if ref.owner == self.address:  # our own object: our refs already count
+                self._notice(holder).released.append(ref.id)
+            else:
+                self._notice(ref.owner).handoff.append([ref.id, holder])
+
+    def _release_handoff(self, object_id: bytes) -> None:
+        holds = self._handoff.get(object_id)
+        if holds:
+            holds.pop(0)
+            if not holds:
+                del self._handoff[object_id]
 
     def hold_for_handoff(self, conn: Connection, refs: list[ObjectRef]) -> None:
         """Keep our refs returned inside a task's result alive until its caller borrows them.
 
-        The caller registers as a borrower when the result arrives (``Borrow``); until then
-        these holds stand in for it. A caller that goes away releases its holds.
+        The caller registers as a borrower when the result arrives and says so through each
+        object's owner (``took_over``); until then these holds stand in for it. A caller that
+        goes away releases its holds.
         """
         for ref in refs:
             self._handoff.setdefault(ref.id, []).append((conn, ref))
@@ -208,10 +262,11 @@ class ObjectTable:
                 self._maybe_free(oid)
 
     def ref_escaped(self, object_id: bytes) -> None:
-        """A ref was pickled (into an argument or a value): keep the object while borrowers may use it.
+        """A ref was pickled outside anything we track (e.g. by the user's own ``pickle.dumps``).
 
-        Borrower tracking is not distributed yet, so an escaped object stays pinned
-        until shutdown.
+        Nobody can tell when such a copy dies, so the object stays pinned until shutdown.
+        Refs inside task arguments, results, stored values and actor constructor arguments
+        are tracked instead (collected while pickling) and never come here.
         """
         entry = self._objects.get(object_id)
         if entry is not None:

@@ -133,7 +133,7 @@ class TaskSubmitter:
         for oid, entry in list(self._objects.items()):
             desc = entry.desc
             if entry.owned and desc is not None and desc[0] == ser.STORED:
-                borrowers = sum(entry.borrowers.values()) if entry.borrowers else 0
+                borrowers = len(entry.borrowers) if entry.borrowers else 0
                 stored.append([oid, int(desc[2]), self._refcounts.get(oid, 0), borrowers])
                 if len(stored) >= MAX_STORED_IN_REPORT:
                     break
@@ -416,7 +416,7 @@ class TaskSubmitter:
             self._requeue(spec)
             self._lease_free(lease)
             return
-        self._finish(spec, msg.results, msg.contained)
+        self._finish(spec, msg.results, msg.contained, lease.address)
         self._lease_free(lease)
 
     def _retryable(self, spec: TaskSpec, desc: list[Any]) -> bool:
@@ -434,11 +434,14 @@ class TaskSubmitter:
         q.tasks.appendleft(spec)
         self._pump(q)
 
-    def _finish(self, spec: TaskSpec, results: list[Any], contained: list[Any] | None = None) -> None:
+    def _finish(
+        self, spec: TaskSpec, results: list[Any], contained: list[Any] | None = None, holder: str = "",
+    ) -> None:
         """Record a task's outcome in its return entries and wake waiters.
 
         ``contained`` lists, per result, the refs inside it: this process now owns the
-        results, so it borrows those refs for as long as the results live.
+        results, so it borrows those refs for as long as the results live, and tells
+        ``holder`` (the worker that kept them alive meanwhile) that it took them over.
         """
         spec.state = TaskState.FINISHED
         spec.deps = []
@@ -454,6 +457,8 @@ class TaskSubmitter:
         for i, (rid, desc) in enumerate(zip(spec.return_ids, results, strict=False)):
             self._by_return.pop(rid, None)
             inner = [ObjectRef(oid, owner, self) for oid, owner in contained[i]] if contained and contained[i] else None
+            if inner and holder:
+                self.took_over(holder, inner)
             entry = self._objects.get(rid)
             if entry is None:
                 if desc[0] == ser.STORED:

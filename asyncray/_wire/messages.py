@@ -464,7 +464,15 @@ class ReserveSpace(Message):
 @message("borrow")
 @dataclass(slots=True)
 class Borrow(Message):
-    """A borrower tells an object's owner it now holds (``add``) or dropped refs to these objects."""
+    """A borrower tells an object's owner it now holds (``add``) or dropped refs to these objects.
+
+    ``handoff`` lists ``[object_id, holder_address]``: the sender took over refs that the holder
+    kept alive for it (refs inside a task's result); the owner, having counted the sender,
+    passes ``released`` on to the holder, which may then let go. Going through the owner keeps
+    the order: the owner always hears the new borrower before the old one drops.
+    """
 
     add: list[bytes]
     drop: list[bytes]
+    handoff: list[list[Any]] = field(default_factory=list)
+    released: list[bytes] = field(default_factory=list)
