@@ -16,7 +16,7 @@ from asyncray._node import scheduler as sch
 from asyncray._node import transfer
 from asyncray._service import Service
 from asyncray._store.manager import StoreManager
-from asyncray._store.shm import ObjectStore
+from asyncray._store.shm import LARGE_OBJECT_BYTES, ObjectStore
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, connect, serve
 
@@ -29,8 +29,6 @@ HEARTBEAT_INTERVAL_S = 0.5
 MAX_REDIRECTS = 3
 # How often the node measures its store, refills the warm segment and sweeps stale files.
 STORE_UPKEEP_S = 1.0
-# Writes at least this large make the node keep a warm segment of their size ready.
-WARM_SEGMENT_MIN_BYTES = 8 * 1024 * 1024
 # Warm segments go back to the OS after this long without a large write (idle footprint).
 WARM_SEGMENT_IDLE_S = 30.0
 # Two, so back-to-back large writes (a loop of puts, args passed by value) mostly find one.
@@ -177,7 +175,7 @@ class NodeService(Service):
         writer fills its own would halve both (they compete for memory bandwidth).
         """
         manager = self.store_manager
-        large = size >= WARM_SEGMENT_MIN_BYTES
+        large = size >= LARGE_OBJECT_BYTES
         # Warm segments are sized by what writers actually ask for (none until a big write).
         if large:
             self._last_large_write = time.monotonic()

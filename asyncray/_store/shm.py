@@ -32,8 +32,9 @@ from typing import Any
 MAGIC = b"ARS1"
 ALIGN = 64
 SEGMENT_PREFIX = "segment-"
-# Freed objects at least this large become warm segments (when nobody maps them).
-RECYCLE_MIN_BYTES = 8 * 1024 * 1024
+# Objects at least this large are worth warm memory: freed ones become warm segments (when
+# nobody maps them), and writing one makes the node keep segments of its size ready.
+LARGE_OBJECT_BYTES = 8 * 1024 * 1024
 
 
 def _align(n: int) -> int:
@@ -170,7 +171,7 @@ class ObjectStore:
         except FileNotFoundError:
             return False
         try:
-            if os.fstat(fd).st_size < RECYCLE_MIN_BYTES:
+            if os.fstat(fd).st_size < LARGE_OBJECT_BYTES:
                 return False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
