@@ -153,6 +153,8 @@ class Core(ObjectTable, TaskSubmitter):
         for conn in (self.node, self.head):
             if conn is not None:
                 conn.close()
+        if self.store is not None:
+            self.store.close()
         lost = ser.error_descriptor(ObjectLostError("the runtime was shut down before this object was ready"))
         for entry in list(self._objects.values()):
             if entry.desc is None:

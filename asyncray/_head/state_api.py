@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A node that does not answer an info or logs request within this long is shown without it.
-NODE_QUERY_TIMEOUT_S = 2.0
+NODE_QUERY_TIMEOUT_S = 5.0
 KINDS = (
     "nodes", "workers", "tasks", "tasks_summary", "actors", "actors_summary", "objects", "objects_summary",
     "timeline", "logs", "jobs", "job", "job_logs",

@@ -136,6 +136,8 @@ class NodeService(Service):
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if self._refill is not None:
+            await asyncio.gather(self._refill, return_exceptions=True)
         self.store.destroy()
 
     async def _store_loop(self) -> None:
@@ -154,6 +156,8 @@ class NodeService(Service):
 
     def _refill_segments(self) -> None:
         """Start refilling warm segments off the loop, unless a refill is already under way."""
+        if self._stopped:
+            return  # (the store directory is about to go: nothing may be created in it)
         if self._refill is None or self._refill.done():
             loop = asyncio.get_running_loop()
             self._refill = loop.run_in_executor(None, self.store_manager.refill_segments)

@@ -29,6 +29,8 @@ import shutil
 import struct
 from typing import Any
 
+from asyncray._store.writemaps import WriteMaps
+
 MAGIC = b"ARS1"
 ALIGN = 64
 SEGMENT_PREFIX = "segment-"
@@ -50,6 +52,7 @@ class ObjectStore:
         self.node_id = node_id
         self.on_write: Any = None  # called with (object_id, size) after each write
         self.reserve: Any = None  # size -> {"segment": path} | {"disk": True} | {} (asks the node)
+        self._write_maps = WriteMaps()  # large files this process wrote, mapped for the next time
         if create:  # only the node creates (and later removes) the directories
             os.makedirs(directory, exist_ok=True)
             os.makedirs(self.spill_dir, exist_ok=True)
@@ -80,26 +83,32 @@ class ObjectStore:
         where = self.reserve(pos) if self.reserve is not None else {}
         final = self.spill_path(object_id) if where.get("disk") else self.path(object_id)
         tmp = f"{final}.{os.getpid()}.tmp"
+        warm = False
         if where.get("segment"):
             try:
                 os.rename(where["segment"], tmp)  # a warm file: its pages are already there
-                fd = os.open(tmp, os.O_WRONLY)
+                fd = os.open(tmp, os.O_RDWR)
+                warm = True
             except FileNotFoundError:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         else:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            if not where.get("segment"):
-                os.ftruncate(fd, pos)
-            off = 0
-            for part in parts:
-                view = memoryview(part)
-                while view.nbytes:
-                    n = os.pwrite(fd, view, off)
-                    off += n
-                    view = view[n:]
             # A warm segment may be larger than the object: the header says where the object
             # ends, and shrinking the file would cost as much as the write saved.
+            if not warm:
+                os.ftruncate(fd, pos)
+            in_memory = not where.get("disk") and pos >= LARGE_OBJECT_BYTES
+            if not (in_memory and self._write_maps.write(fd, parts, pos)):
+                off = 0
+                for part in parts:
+                    view = memoryview(part)
+                    while view.nbytes:
+                        n = os.pwrite(fd, view, off)
+                        off += n
+                        view = view[n:]
+                if in_memory:
+                    self._write_maps.remember(fd)
         except OSError as exc:
             os.close(fd)
             os.unlink(tmp)
@@ -188,8 +197,13 @@ class ObjectStore:
         """True once the object is fully written (in memory or on disk)."""
         return os.path.exists(self.path(object_id)) or os.path.exists(self.spill_path(object_id))
 
+    def close(self) -> None:
+        """Let go of the mappings this process kept for writing (the files stay)."""
+        self._write_maps.clear()
+
     def destroy(self) -> None:
         """Remove both directories (node shutdown)."""
+        self._write_maps.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
