@@ -516,3 +516,30 @@ def test_store_usage_tolerates_objects_freed_while_it_measures(tmp_path) -> None
     assert sorted(mgr._size(e) for e in entries) == [0, 100, 100]
     manager = mgr.StoreManager(store, 10_000)
     assert manager.reserve(100) == {}  # and a reservation still gets an answer
+
+
+def test_spilling_moves_the_least_recently_used_unmapped_objects_first(tmp_path) -> None:
+    import time
+
+    from asyncray._store import manager as mgr
+
+    store = ObjectStore(str(tmp_path / "store"), create=True)
+    ids = [bytes([i]) * 16 for i in range(4)]
+
+    def read(i: int) -> Any:
+        time.sleep(0.03)  # file times are coarse
+        return ser.load_descriptor([ser.STORED, ids[i], 0, b""], store)
+
+    for i, oid in enumerate(ids):
+        ser.make_descriptor(np.full(200_000, float(i)), store, oid)
+    mapped = read(0)  # 0 stays mapped by a reader
+    read(1)
+    read(2)
+    read(1)  # use order now: 3 (never read), 0, 2, 1
+    manager = mgr.StoreManager(store, 10**9)
+    one = os.path.getsize(store.path(ids[0]))
+    assert manager.spill(target=2 * one) == 2 * one
+    in_memory = {oid for oid in ids if os.path.exists(store.path(oid))}
+    assert in_memory == {ids[0], ids[1]}  # 3 and 2 went: the least recently used that nobody maps
+    assert float(read(2)[7]) == 2.0  # back from disk
+    assert float(mapped[-1]) == 0.0

@@ -18,6 +18,7 @@ comes back transparently, and one being moved is in one place or the other.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -108,7 +109,11 @@ class StoreManager:
         return {}
 
     def spill(self, target: int) -> int:
-        """Move the oldest objects to disk until the store holds at most ``target`` bytes."""
+        """Move the least recently used objects to disk until the store holds at most ``target`` bytes.
+
+        Objects that some process maps right now go last: moving them frees no memory until
+        their readers let go.
+        """
         usage = self.usage()
         excess = usage.used - max(0, target)
         if excess <= 0:
@@ -117,9 +122,17 @@ class StoreManager:
             e for e in _scan(self.store.directory)
             if not e.name.endswith(".tmp") and not e.name.startswith(SEGMENT_PREFIX)
         ]
-        files.sort(key=lambda e: _mtime(e))
+        files.sort(key=_atime)  # written or last read (ObjectStore.read touches it)
         moved = 0
+        mapped = []
         for entry in files:
+            if moved >= excess:
+                break
+            if _is_mapped(entry.path):
+                mapped.append(entry)
+            else:
+                moved += self._spill_one(entry.name)
+        for entry in mapped:
             if moved >= excess:
                 break
             moved += self._spill_one(entry.name)
@@ -260,6 +273,28 @@ def _mtime(entry: os.DirEntry[str]) -> float:
         return entry.stat().st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def _atime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat().st_atime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _is_mapped(path: str) -> bool:
+    """True while a reader holds the file (see ObjectStore.read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _scan(directory: str) -> list[os.DirEntry[str]]:

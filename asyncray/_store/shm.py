@@ -27,6 +27,7 @@ import os
 import pickle
 import shutil
 import struct
+import time
 from typing import Any
 
 from asyncray._store.writemaps import WriteMaps
@@ -159,7 +160,7 @@ class ObjectStore:
     def open_locked(self, object_id: bytes) -> int | None:
         """Open an object read-only under a shared lock (so it is not recycled); None if it is gone."""
         for path in (self.path(object_id), self.spill_path(object_id)):
-            fd = open_shared(path)
+            fd = open_shared(path, touch=True)
             if fd is not None:
                 return fd
         return None
@@ -208,10 +209,12 @@ class ObjectStore:
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
 
-def open_shared(path: str) -> int | None:
+def open_shared(path: str, *, touch: bool = False) -> int | None:
     """Open ``path`` read-only and take a shared lock; None if it does not exist (any more).
 
     The check after locking catches a file that was recycled between open and lock.
+    ``touch`` records the use in the file's access time (spilling picks the least recently
+    used objects; mapped reads do not update it by themselves).
     """
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -219,7 +222,10 @@ def open_shared(path: str) -> int | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        st = os.fstat(fd)
+        if os.stat(path).st_ino == st.st_ino:
+            if touch:
+                os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
             return fd
     except FileNotFoundError:
         pass
