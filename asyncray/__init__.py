@@ -78,7 +78,10 @@ def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInfo:
             ``asyncray start --head``; ``"host:port"`` for that head.
         **kwargs: ``num_cpus``, ``num_gpus``, ``resources``, ``object_store_memory``,
             ``namespace``, ``include_dashboard``, ``dashboard_host``, ``dashboard_port``,
-            ``ignore_reinit_error``, ``log_to_driver`` (SPEC section 2).
+            ``ignore_reinit_error``, ``log_to_driver`` (SPEC section 2); ``object_store_dir``
+            (where the node's shared-memory directory goes, default /dev/shm) and
+            ``object_spilling_dir`` (where objects spill when the store is full), both for
+            the embedded cluster only (``asyncray start`` has the same options).
 
     Raises:
         RuntimeError: already initialized (unless ``ignore_reinit_error=True``).

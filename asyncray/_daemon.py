@@ -19,7 +19,7 @@ import signal
 import sys
 
 from asyncray import _ids
-from asyncray._client.runtime import new_session_dir, node_resources, store_dir_for
+from asyncray._client.runtime import new_session_dir, node_resources, spill_dir_for, store_dir_for
 from asyncray._head.service import DEFAULT_NODE_TIMEOUT_S, HeadService
 from asyncray._node.service import NodeConfig, NodeService
 
@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-gpus", type=float, default=None)
     p.add_argument("--resources", default="{}")
     p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--object-store-dir", default=None)
+    p.add_argument("--object-spilling-dir", default=None)
     p.add_argument("--node-timeout", type=float, default=DEFAULT_NODE_TIMEOUT_S)
     p.add_argument("--dashboard-port", type=int, default=8265)
     p.add_argument("--include-dashboard", action="store_true")
@@ -80,7 +82,8 @@ async def serve(args: argparse.Namespace) -> None:
                     args.num_cpus, args.num_gpus, json.loads(args.resources), args.object_store_memory, host=args.host
                 ),
                 session_dir=session_dir,
-                store_dir=store_dir_for(args.session_name),
+                store_dir=store_dir_for(args.session_name, args.object_store_dir),
+                spill_dir=spill_dir_for(args.session_name, args.object_spilling_dir),
                 num_workers=max(1, int(args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1))),
                 token=token,
                 listen_host=args.host,
@@ -100,6 +103,7 @@ async def serve(args: argparse.Namespace) -> None:
         ready = {
             "pid": os.getpid(), "head_address": head_address, "node_id": node.node_id.hex(),
             "node_address": node.address, "session_dir": session_dir, "store_dir": node.config.store_dir,
+            "spill_dir": node.config.spill_dir,
             "dashboard_url": dashboard_url,
         }
         _write_ready(args.ready_file, ready)

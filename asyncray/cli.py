@@ -41,6 +41,14 @@ def cmd_start(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _print(f"asyncray start: --resources must be JSON, e.g. '{{\"GPU_X\": 1}}' ({exc})")
         return 2
+    from asyncray._client.api import check_directory
+
+    try:
+        check_directory("--object-store-dir", args.object_store_dir)
+        check_directory("--object-spilling-dir", args.object_spilling_dir)
+    except ValueError as exc:
+        _print(f"asyncray start: {exc}")
+        return 2
     info = _session.read_cluster()
     if args.head:
         if info and any(pid_alive(p["pid"]) for p in info.get("processes", [])):
@@ -66,7 +74,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     else:
         cmd += ["--address", args.address]
     for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus),
-                        ("--object-store-memory", args.object_store_memory)):
+                        ("--object-store-memory", args.object_store_memory),
+                        ("--object-store-dir", args.object_store_dir),
+                        ("--object-spilling-dir", args.object_spilling_dir)):
         if value is not None:
             cmd += [flag, str(value)]
     env = dict(os.environ, ASYNCRAY_TOKEN=token)
@@ -81,7 +91,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             with open(os.path.join(log_dir, "daemon.log"), errors="replace") as f:
                 tail = f.read()[-2000:]
             _print(f"asyncray start: the {'head' if args.head else 'node'} did not start:\n{tail}")
-            _remove_leftovers(name, ready_file)
+            _remove_leftovers(name, ready_file, args)
             if args.head:  # the cluster this start recorded never came up
                 _remove_cluster_files()
             return 1
@@ -89,7 +99,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     with open(ready_file) as f:
         ready = json.load(f)
     os.unlink(ready_file)
-    extra = {"session_dir": ready["session_dir"], "store_dir": ready["store_dir"]}
+    extra = {"session_dir": ready["session_dir"], "store_dir": ready["store_dir"], "spill_dir": ready["spill_dir"]}
     if args.head:
         _session.update_cluster(
             lambda info: info.update(address=ready["head_address"], dashboard_url=ready.get("dashboard_url"))
@@ -109,12 +119,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_leftovers(name: str, ready_file: str) -> None:
+def _remove_leftovers(name: str, ready_file: str, args: argparse.Namespace) -> None:
     """What a daemon that failed to start may have left: its store, session dir and ready file."""
-    from asyncray._client.runtime import store_dir_for
+    from asyncray._client.runtime import spill_dir_for, store_dir_for
 
-    store = store_dir_for(name)
-    for path in (store, store + "-spill", os.path.join(_session.SESSIONS_DIR, name)):
+    store = store_dir_for(name, args.object_store_dir)
+    spill = spill_dir_for(name, args.object_spilling_dir) or store + "-spill"
+    for path in (store, spill, os.path.join(_session.SESSIONS_DIR, name)):
         shutil.rmtree(path, ignore_errors=True)
     for path in (ready_file, ready_file + ".tmp"):
         try:
@@ -196,7 +207,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             killed += 1
     killed += _end_leftovers(children)
     for p in procs:
-        for key in ("store_dir", "session_dir"):
+        for key in ("store_dir", "spill_dir", "session_dir"):
             if p.get(key):
                 shutil.rmtree(p[key], ignore_errors=True)
     _remove_cluster_files()
@@ -258,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-gpus", type=float)
     s.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"disk": 1}\'')
     s.add_argument("--object-store-memory", type=int, help="bytes for the node's object store")
+    s.add_argument("--object-store-dir", "--plasma-directory", metavar="DIR",
+                   help="directory for the node's shared-memory objects (default /dev/shm)")
+    s.add_argument("--object-spilling-dir", "--object-spilling-directory", metavar="DIR",
+                   help="directory objects spill to when the store is full (default: the node's session directory)")
     s.add_argument("--dashboard-port", type=int, default=8265)
     s.add_argument("--include-dashboard", action=argparse.BooleanOptionalAction, default=True)
     s.add_argument("--node-timeout", type=float, default=5.0, help="seconds without heartbeat before a node is dead")

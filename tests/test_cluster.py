@@ -153,7 +153,7 @@ class Cluster:
         out = []
         with contextlib.suppress(OSError, ValueError):
             for p in self.info()["processes"]:
-                out += [p["store_dir"], p["session_dir"]]
+                out += [p["store_dir"], p["session_dir"]] + ([p["spill_dir"]] if p.get("spill_dir") else [])
         return out
 
     def stop(self) -> subprocess.CompletedProcess[str]:
@@ -731,10 +731,19 @@ def test_node_killed_mid_task() -> None:
 
 
 def test_spilled_object_crosses_nodes() -> None:
+    """Also: a node's store and spill directories can be chosen, and stop removes what it made there."""
     with new_cluster() as c:
         c.start_head(free_port(), "--num-cpus", "1")
-        c.start_node("--num-cpus", "1", "--resources", '{"small": 1}', "--object-store-memory", str(64 << 20))
+        store_root, spill_root = os.path.join(c.tmpdir, "my-store"), os.path.join(c.tmpdir, "my-spill")
+        os.makedirs(store_root)
+        os.makedirs(spill_root)
+        c.start_node(
+            "--num-cpus", "1", "--resources", '{"small": 1}', "--object-store-memory", str(64 << 20),
+            "--object-store-dir", store_root, "--object-spilling-directory", spill_root,
+        )
+        assert [d for d in os.listdir(store_root) if d.startswith("asyncray-node-")], os.listdir(store_root)
         res = c.driver("""
+            import glob
             asyncray.init(address="auto")
 
             @asyncray.remote(resources={"small": 1})
@@ -747,15 +756,19 @@ def test_spilled_object_crosses_nodes() -> None:
 
             refs = [make.remote(i) for i in range(4)]
             asyncray.wait(refs, num_returns=4, timeout=60)
+            spilled = glob.glob(os.environ["SPILL_ROOT"] + "/asyncray-node-*-spill/*")
             out = []
             for r in refs:
                 try:
                     out.append(asyncray.get(total.remote(r), timeout=30))
                 except Exception as exc:
                     out.append(f"{type(exc).__name__}: {exc}"[:300])
-            result(out=out)
-        """)
+            result(out=out, spilled=len(spilled))
+        """, env={"SPILL_ROOT": spill_root})
         assert res["out"] == [float(i * 30 * 2**17) for i in range(4)], res["out"]
+        assert res["spilled"] >= 1, "nothing went to the chosen spill directory"
+        c.stop()
+        assert os.listdir(store_root) == [] and os.listdir(spill_root) == []
 
 
 # ====================================================================== network namespaces

@@ -343,3 +343,33 @@ def test_refs_in_actor_constructor_arguments_live_with_the_actor_then_go(fresh_r
     assert os.path.exists(path)  # the actor holds it
     ray.kill(holder)
     assert wait_for(lambda: not os.path.exists(path), timeout=10)
+
+
+def test_store_and_spill_directories_can_be_chosen(tmp_path):
+    if asyncray.is_initialized():
+        asyncray.shutdown()
+    store_root, spill_root = tmp_path / "store", tmp_path / "spill"
+    store_root.mkdir()
+    spill_root.mkdir()
+    asyncray.init(
+        num_cpus=1, object_store_memory=30 * 2**20, object_store_dir=str(store_root), object_spilling_dir=str(spill_root),
+    )
+    try:
+        refs = [asyncray.put(np.full(2**20, float(i))) for i in range(6)]  # 48 MB into a 30 MB store
+        assert _store_dir().startswith(str(store_root))
+        assert os.listdir(_store_dir()) and os.listdir(_spill_dir())
+        assert _spill_dir().startswith(str(spill_root))
+        assert [float(asyncray.get(r)[-1]) for r in refs] == [float(i) for i in range(6)]
+    finally:
+        asyncray.shutdown()
+    assert os.listdir(store_root) == [] and os.listdir(spill_root) == []  # what it made there is gone
+
+
+def test_bad_store_directories_fail_at_init(tmp_path):
+    if asyncray.is_initialized():
+        asyncray.shutdown()
+    with pytest.raises(ValueError, match="object_store_dir.*existing directory"):
+        asyncray.init(object_store_dir=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="object_spilling_dir.*existing directory"):
+        asyncray.init(object_spilling_dir=42)
+    assert not asyncray.is_initialized()

@@ -14,6 +14,7 @@ INIT_DEFAULTS: dict[str, Any] = {
     "num_cpus": None, "num_gpus": None, "resources": None, "object_store_memory": None,
     "namespace": None, "include_dashboard": None, "dashboard_host": "127.0.0.1",
     "dashboard_port": 8265, "ignore_reinit_error": False, "log_to_driver": True, "token": None,
+    "object_store_dir": None, "object_spilling_dir": None,
 }
 
 
@@ -31,10 +32,22 @@ def normalize_init(address: str | None, kwargs: dict[str, Any]) -> tuple[str | N
         v = opts.get(name)
         if v is not None and (not isinstance(v, int | float) or v < 0):
             raise ValueError(f"init({name}=...) must be a number >= 0, got {v!r}")
+    for name in ("object_store_dir", "object_spilling_dir"):
+        check_directory(f"init({name}=...)", opts.get(name))
     address = address or os.environ.get("ASYNCRAY_ADDRESS") or None
     merged = dict(INIT_DEFAULTS)
     merged.update(opts)
     return address, merged
+
+
+def check_directory(what: str, path: Any) -> None:
+    """An existing directory this process may write in (or None: the default)."""
+    if path is None:
+        return
+    if not isinstance(path, str | os.PathLike) or not os.path.isdir(path):
+        raise ValueError(f"{what} must be an existing directory, got {path!r}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: {os.fspath(path)!r} is not writable by this user")
 
 
 def check_refs(refs: Any, api: str) -> tuple[list[ObjectRef], bool]:

@@ -78,9 +78,14 @@ def new_session_dir(name: str) -> str:
     return path
 
 
-def store_dir_for(session_name: str) -> str:
-    """The shared-memory directory of a node started for ``session_name``."""
-    return os.path.join(_default_store_root(), f"asyncray-{session_name}")
+def store_dir_for(session_name: str, root: str | None = None) -> str:
+    """The shared-memory directory of a node started for ``session_name`` (under ``root``, default /dev/shm)."""
+    return os.path.join(os.fspath(root) if root else _default_store_root(), f"asyncray-{session_name}")
+
+
+def spill_dir_for(session_name: str, root: str | None) -> str:
+    """The node's own spill directory under ``root``; empty for the default (in its session directory)."""
+    return os.path.join(os.fspath(root), f"asyncray-{session_name}-spill") if root else ""
 
 
 def node_resources(
@@ -150,12 +155,15 @@ class Runtime:
         include_dashboard: bool | None = None,
         dashboard_host: str = "127.0.0.1",
         dashboard_port: int = 8265,
+        object_store_dir: str | None = None,
+        object_spilling_dir: str | None = None,
     ) -> RuntimeInfo:
         """Start head, node and core on the running loop (and the dashboard unless turned off)."""
         _sweep_stale_sessions()
         total = node_resources(num_cpus, num_gpus, resources, object_store_memory)
         self.session_dir = new_session_dir(f"s{os.getpid()}-{secrets.token_hex(3)}")
-        store_dir = store_dir_for(os.path.basename(self.session_dir))
+        session_name = os.path.basename(self.session_dir)
+        store_dir = store_dir_for(session_name, object_store_dir)
         node_id = _ids.new_id()
         self.namespace = namespace or "default"
         self.head = HeadService(f"unix:{self.session_dir}/head.sock")
@@ -178,6 +186,7 @@ class Runtime:
                 resources=total,
                 session_dir=self.session_dir,
                 store_dir=store_dir,
+                spill_dir=spill_dir_for(session_name, object_spilling_dir),
                 num_workers=max(1, int(total["CPU"])),
                 worker_path=_worker_path(),
             )
@@ -317,9 +326,15 @@ async def start(rt: Runtime, address: str | None, opts: dict[str, Any]) -> Runti
         return await rt.start_embedded(
             **{k: opts[k] for k in (
                 "num_cpus", "num_gpus", "resources", "object_store_memory", "namespace", "log_to_driver",
-                "include_dashboard", "dashboard_host", "dashboard_port",
+                "include_dashboard", "dashboard_host", "dashboard_port", "object_store_dir", "object_spilling_dir",
             )}
         )
+    for name in ("object_store_dir", "object_spilling_dir"):
+        if opts.get(name):
+            raise ValueError(
+                f"init({name}=...) applies to a cluster this process starts; the cluster at {address} has its own"
+                f" (set it with 'asyncray start --{name.replace('_', '-')} DIR')"
+            )
     return await rt.connect(address, token=opts["token"], namespace=opts["namespace"], log_to_driver=opts["log_to_driver"])
 
 
