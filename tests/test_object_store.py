@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 
 import numpy as np
@@ -373,3 +374,47 @@ def test_bad_store_directories_fail_at_init(tmp_path):
     with pytest.raises(ValueError, match="object_spilling_dir.*existing directory"):
         asyncray.init(object_spilling_dir=42)
     assert not asyncray.is_initialized()
+
+
+@pytest.fixture
+def small_disks(tmp_path):
+    """Two real 24 MiB tmpfs mounts (store, spill): a disk that really fills up."""
+    import subprocess
+
+    mounts = [tmp_path / "store-fs", tmp_path / "spill-fs"]
+    done = []
+    try:
+        for m in mounts:
+            m.mkdir()
+            r = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(m)], check=False, capture_output=True, text=True
+            )
+            if r.returncode != 0:
+                pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
+            done.append(m)
+        yield mounts
+    finally:
+        for m in done:
+            subprocess.run(["umount", "-l", str(m)], check=False)
+
+
+def test_put_fails_with_out_of_memory_only_when_the_spill_disk_is_full_too(small_disks):
+    if asyncray.is_initialized():
+        asyncray.shutdown()
+    store_fs, spill_fs = small_disks
+    asyncray.init(num_cpus=1, object_store_memory=20 * 2**20, object_store_dir=str(store_fs), object_spilling_dir=str(spill_fs))
+    try:
+        kept, sums = [], []
+        with pytest.raises(exc.OutOfMemoryError) as info:
+            for i in range(20):  # 20 x 4 MiB = 80 MiB > 24 MiB of memory + 24 MiB of disk
+                a = np.random.default_rng(i).random(2**19)
+                ref = asyncray.put(a)
+                kept.append(ref)
+                sums.append(hashlib.sha256(a.tobytes()).hexdigest())
+        assert 8 <= len(kept) < 20, len(kept)  # memory, then disk, were used before it failed
+        assert re.search(r"no room for a \d+-byte object", str(info.value)), str(info.value)
+        assert os.listdir(_spill_dir()), "nothing was spilled before giving up"
+        assert asyncray.get([checksum.remote(r) for r in kept]) == sums  # nothing lost or corrupted
+    finally:
+        asyncray.shutdown()
+    assert os.listdir(store_fs) == [] and os.listdir(spill_fs) == []
