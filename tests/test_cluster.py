@@ -304,6 +304,49 @@ class TestTwoNodes:
         assert res["there"] == res["remote_sum"] == res["local_sum"]
         assert set(res["spread"]) == {special, head}, res["spread"]
 
+    def test_freed_objects_leave_every_node(self, cluster: Cluster) -> None:
+        """The owner frees an object: its copy on the node that made it and the pulled copy go too."""
+        stores = [d for d in cluster.dirs() if d.startswith("/dev/shm/")]
+        res = cluster.driver("""
+            asyncray.init(address="auto")
+            nodes = {n["NodeID"]: n for n in asyncray.nodes()}
+            head = [k for k, n in nodes.items() if not n["Resources"].get("special")][0]
+
+            @asyncray.remote(resources={"special": 1})
+            def make(i):
+                return np.full(2_000_000, float(i))  # 16 MB, stored on the special node
+
+            @asyncray.remote
+            def total(a):
+                return float(a.sum())
+
+            on_head = NodeAffinitySchedulingStrategy(head, soft=False)
+            refs = [make.remote(i) for i in range(3)]
+            sums = asyncray.get([total.options(scheduling_strategy=on_head).remote(r) for r in refs])
+            names = [r.hex() for r in refs]
+            stores = json.loads(os.environ["STORES"])
+            copies = lambda: sum(os.path.exists(os.path.join(d, n)) for d in stores for n in names)
+            before = copies()
+            del refs
+            deadline = time.monotonic() + 10
+            while copies() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            result(sums=sums, before=before, after=copies())
+        """, env={"STORES": json.dumps(stores)})
+        assert res["sums"] == [float(i * 2_000_000) for i in range(3)]
+        assert res["before"] == 6, "each object should exist on its node and, pulled, on the head's node"
+        assert res["after"] == 0, "copies of freed objects stayed behind"
+        left = cluster.driver("""
+            asyncray.init(address="auto")
+            refs = [asyncray.put(np.ones(2_000_000)) for _ in range(2)]
+            result(names=[r.hex() for r in refs], there=[os.path.exists(os.path.join(d, r.hex()))
+                                                         for d in json.loads(os.environ["STORES"]) for r in refs])
+            os._exit(0)  # gone without a goodbye, as if killed, holding its refs
+        """, env={"STORES": json.dumps(stores)})
+        assert sum(left["there"]) == 2
+        gone = lambda: not any(os.path.exists(os.path.join(d, n)) for d in stores for n in left["names"])
+        assert wait_for(gone, timeout=10), "objects of a driver that exited stayed in the store"
+
     def test_asyncray_address_env(self, cluster: Cluster) -> None:
         res = cluster.driver("""
             asyncray.init()

@@ -100,6 +100,7 @@ class Core(ObjectTable, TaskSubmitter):
         self._borrowed_from: dict[bytes, str] = {}
         self._borrow_out: dict[str, _BorrowNotice] = {}
         self._borrow_flush = False
+        self._freed_out: list[bytes] = []  # freed stored objects, told to the head once per loop turn
         self._incoming: set[Connection] = set()
         self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}
         self._finished_events: list[list[Any]] = []
@@ -129,6 +130,7 @@ class Core(ObjectTable, TaskSubmitter):
             self.head_address, self._on_message, role=self.role, token=self.token,
             peer_id=self.worker_id, name=f"{self.role}->head",
         )
+        self.head.send(m.OwnerPrefix(prefix=_ids.new_id()[:8]))  # our objects go with us
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
         self.spawn(self._report_loop())

@@ -149,7 +149,19 @@ class ObjectTable:
         entry.contained = None
         desc = entry.desc
         if entry.owned and desc is not None and desc[0] == ser.STORED:
-            self.store.delete(object_id)
+            self.free_stored(object_id)
+
+    def free_stored(self, object_id: bytes) -> None:
+        """Delete an object we own from our node's store, and (through the head) every copy elsewhere."""
+        self.store.delete(object_id)
+        if not self._freed_out:
+            self.call_soon(self._flush_freed)
+        self._freed_out.append(object_id)
+
+    def _flush_freed(self) -> None:
+        freed, self._freed_out = self._freed_out, []
+        if freed and self.head is not None and self.head.is_open:
+            self.head.send(m.ObjectsFreed(object_ids=freed))
 
     def _queue_borrow(self, owner: str, object_id: bytes, add: bool) -> None:
         """Batch borrower notices per owner; one frame per owner per loop iteration."""

@@ -462,7 +462,7 @@ class TaskSubmitter:
             entry = self._objects.get(rid)
             if entry is None:
                 if desc[0] == ser.STORED:
-                    self.store.delete(rid)  # nobody holds a ref any more
+                    self.free_stored(rid)  # nobody holds a ref any more
                 continue  # (refs inside it, taken over just now, are dropped with ``inner``)
             if inner:
                 entry.contained = inner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Any
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 # How often the head checks heartbeats and sends every node the cluster view.
 VIEW_INTERVAL_S = 0.5
 DEFAULT_NODE_TIMEOUT_S = 5.0
+FREED_MEMORY = 10_000  # how many freed object ids the head remembers
 
 
 class HeadService(Service):
@@ -35,6 +37,8 @@ class HeadService(Service):
         self.node_timeout_s = node_timeout_s
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.objects: dict[bytes, dict[bytes, int]] = {}  # object id -> {node id: size}
+        # Recently freed ids: a copy announced after its object was freed is deleted at once.
+        self._freed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.tasks = TaskTable()
         self._node_conns: dict[bytes, Connection] = {}
         self.actors = ActorManager(self)
@@ -91,6 +95,23 @@ class HeadService(Service):
         self.actors.node_died(node_id)
         self._send_view()
 
+    def _objects_freed(self, object_ids: list[bytes]) -> None:
+        """Forget freed objects and have every node that holds a copy delete it."""
+        by_node: dict[bytes, list[bytes]] = {}
+        for oid in object_ids:
+            self._freed[oid] = None
+            for node_id in self.objects.pop(oid, ()):
+                by_node.setdefault(node_id, []).append(oid)
+        while len(self._freed) > FREED_MEMORY:
+            self._freed.popitem(last=False)
+        self._delete_copies(by_node)
+
+    def _delete_copies(self, by_node: dict[bytes, list[bytes]]) -> None:
+        for node_id, oids in by_node.items():
+            conn = self._node_conns.get(node_id)
+            if conn is not None and conn.is_open:
+                conn.send(m.DeleteObjects(object_ids=oids))
+
     async def _stop(self) -> None:
         await self.jobs.stop()
         for conn in list(self._node_clients.values()) + list(self._conns):
@@ -137,11 +158,18 @@ class HeadService(Service):
             conn.reply(msg.rid, {"ok": True})
             self._send_view()
         elif isinstance(msg, m.ObjectLocation):
+            if msg.added and msg.object_id in self._freed:  # a copy that landed after its object was freed
+                self._delete_copies({msg.node_id: [msg.object_id]})
+                return
             holders = self.objects.setdefault(msg.object_id, {})
             if msg.added:
                 holders[msg.node_id] = msg.size
             else:
                 holders.pop(msg.node_id, None)
+        elif isinstance(msg, m.ObjectsFreed):
+            self._objects_freed(msg.object_ids)
+        elif isinstance(msg, m.OwnerPrefix):
+            conn.state["id_prefix"] = msg.prefix
         elif isinstance(msg, m.GetClusterState):
             conn.reply(msg.rid, {"nodes": list(self.nodes.values())})
         elif isinstance(msg, m.CreateActorRequest):
@@ -184,6 +212,9 @@ class HeadService(Service):
             return
         if "owner" in conn.state:
             self.tasks.forget(conn.state["owner"])
+        prefix = conn.state.get("id_prefix")
+        if prefix:  # its owner is gone: so are the objects it owned (Ray's ownership model)
+            self._objects_freed([oid for oid in self.objects if oid.startswith(prefix)])
         node_id = conn.state.get("node_id")
         if node_id is not None and self._node_conns.get(node_id) is conn:
             self._node_died(node_id, "its connection to the head closed")

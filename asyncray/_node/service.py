@@ -86,6 +86,7 @@ class NodeService(Service):
         self._pulls: dict[bytes, asyncio.Future[None]] = {}
         self.transfer: transfer.TransferServer | None = None
         self._refill: asyncio.Future[None] | None = None
+        self._deletions: set[asyncio.Future[None]] = set()
         self._last_large_write = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -138,6 +139,7 @@ class NodeService(Service):
                 await proc.wait()
         if self._refill is not None:
             await asyncio.gather(self._refill, return_exceptions=True)
+        await asyncio.gather(*self._deletions, return_exceptions=True)
         self.store.destroy()
 
     async def _store_loop(self) -> None:
@@ -153,6 +155,20 @@ class NodeService(Service):
             self._refill_segments()
             await loop.run_in_executor(None, manager.sweep_stale)
             self.store_usage = await loop.run_in_executor(None, manager.usage)
+
+    def _delete_copies(self, object_ids: list[bytes]) -> None:
+        """Delete copies of freed objects off the loop (a delete may recycle the file)."""
+        if self._stopped:
+            return
+        fut = asyncio.get_running_loop().run_in_executor(None, self._delete_now, object_ids)
+        self._deletions.add(fut)
+        fut.add_done_callback(self._deletions.discard)
+
+    def _delete_now(self, object_ids: list[bytes]) -> None:
+        for oid in object_ids:
+            if self._stopped:
+                return  # the store directory is going away
+            self.store.delete(oid)
 
     def _refill_segments(self) -> None:
         """Start refilling warm segments off the loop, unless a refill is already under way."""
@@ -337,6 +353,8 @@ class NodeService(Service):
     def _on_head_message(self, conn: Connection, msg: m.Message) -> None:
         if isinstance(msg, m.ClusterView):
             self.view = msg.nodes
+        elif isinstance(msg, m.DeleteObjects):  # freed by their owners: our copies go too
+            self._delete_copies(msg.object_ids)
         else:
             log.debug("node: head sent %s", type(msg).__name__)
 

@@ -384,6 +384,31 @@ class ObjectLocation(Message):
     added: bool = True
 
 
+@message("objects_freed")
+@dataclass(slots=True)
+class ObjectsFreed(Message):
+    """An owner freed these stored objects: the head removes them from its directory and
+    tells every node that holds a copy (``DeleteObjects``)."""
+
+    object_ids: list[bytes]
+
+
+@message("owner_prefix")
+@dataclass(slots=True)
+class OwnerPrefix(Message):
+    """A process tells the head the prefix of the ids it makes: when it goes, so do the objects it owned."""
+
+    prefix: bytes
+
+
+@message("delete_objects")
+@dataclass(slots=True)
+class DeleteObjects(Message):
+    """Head to node: remove your copies of these freed objects."""
+
+    object_ids: list[bytes]
+
+
 # ---------------------------------------------------------------- observability
 @message("task_events")
 @dataclass(slots=True)
