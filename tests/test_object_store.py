@@ -418,3 +418,20 @@ def test_put_fails_with_out_of_memory_only_when_the_spill_disk_is_full_too(small
     finally:
         asyncray.shutdown()
     assert os.listdir(store_fs) == [] and os.listdir(spill_fs) == []
+
+
+@asyncray.remote
+def make_nested():
+    return [asyncray.put(np.ones(1_000_000))]  # owned by this worker, borrowed by the caller
+
+
+def test_a_worker_owning_objects_is_marked_so_its_node_does_not_reap_it(fresh_ray):
+    from asyncray._client import runtime
+
+    ray = fresh_ray
+    workers = runtime.current().node.scheduler.workers
+    nested = ray.get(make_nested.remote())
+    assert wait_for(lambda: [r.owns_objects for r in workers.values()].count(True) == 1, timeout=5)
+    assert float(ray.get(nested[0]).sum()) == 1_000_000
+    del nested
+    assert wait_for(lambda: not any(r.owns_objects for r in workers.values()), timeout=5)

@@ -488,6 +488,17 @@ def test_reap_idle_stops_at_min_workers() -> None:
     assert s.reap_idle(now=200.0) == []
 
 
+def test_reap_idle_spares_workers_that_own_objects() -> None:
+    s = make(timeout_s=1.0)
+    wids = pool(s, 3, now=0.0)
+    s.min_workers = 1
+    s.workers[wids[0]].owns_objects = True  # refs to its objects live elsewhere: they die with it
+    killed = s.reap_idle(now=100.0)
+    assert sorted(k.worker_id for k in killed) == sorted(wids[1:])
+    s.workers[wids[0]].owns_objects = False
+    assert s.reap_idle(now=200.0) == []  # (now it is the minimum)
+
+
 # ---------------------------------------------------------------- no over-starting
 def test_five_requests_on_two_cpus_start_exactly_two_workers() -> None:
     s = make(cpus=2)

@@ -98,8 +98,14 @@ class TaskSubmitter:
         """Tell the head about this process's tasks and objects, about once a second."""
         quiet = True
         last_sent, last_mailbox, last_objects = 0.0, -1, 0
+        owned = False
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
+            if self.role == "worker" and self.node is not None and self.node.is_open:
+                owns = any(e.owned for e in self._objects.values())
+                if owns != owned:  # the node must not reap a worker whose objects others may use
+                    owned = owns
+                    self.node.send(m.WorkerOwns(owns=owns))
             if self.head is None or not self.head.is_open:
                 continue
             host = self.executor.actor_host if self.executor is not None else None

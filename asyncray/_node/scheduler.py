@@ -36,6 +36,7 @@ class WorkerRecord:
     state: WorkerState = WorkerState.STARTING
     lease_id: int = 0
     idle_since: float = 0.0
+    owns_objects: bool = False  # its objects would die with it: never reaped while true
 
 
 @dataclass(slots=True)
@@ -231,7 +232,8 @@ class LocalScheduler:
         for rec in alive:
             if extra <= 0:
                 break
-            if rec.state is WorkerState.IDLE and now - rec.idle_since > self.idle_worker_timeout_s:
+            idle_long = rec.state is WorkerState.IDLE and now - rec.idle_since > self.idle_worker_timeout_s
+            if idle_long and not rec.owns_objects:
                 rec.state = WorkerState.DEAD
                 actions.append(KillWorker(rec.worker_id))
                 extra -= 1

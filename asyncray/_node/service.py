@@ -323,6 +323,10 @@ class NodeService(Service):
             if self._head is not None and self._head.is_open:
                 msg.node_id = self.node_id
                 self._head.send(msg)
+        elif isinstance(msg, m.WorkerOwns):
+            rec = self.scheduler.workers.get(conn.state.get("worker_id", b""))
+            if rec is not None:
+                rec.owns_objects = msg.owns
         elif isinstance(msg, m.ReturnLease):
             self._apply(self.scheduler.lease_returned(msg.lease_id, now, msg.kill))
         elif isinstance(msg, m.LogLines):

@@ -401,6 +401,14 @@ class OwnerPrefix(Message):
     prefix: bytes
 
 
+@message("worker_owns")
+@dataclass(slots=True)
+class WorkerOwns(Message):
+    """A worker tells its node whether it owns live objects (such a worker is not reaped when idle)."""
+
+    owns: bool
+
+
 @message("delete_objects")
 @dataclass(slots=True)
 class DeleteObjects(Message):
