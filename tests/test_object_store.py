@@ -435,3 +435,24 @@ def test_a_worker_owning_objects_is_marked_so_its_node_does_not_reap_it(fresh_ra
     assert float(ray.get(nested[0]).sum()) == 1_000_000
     del nested
     assert wait_for(lambda: not any(r.owns_objects for r in workers.values()), timeout=5)
+
+
+def test_a_store_fuller_than_measured_writes_to_disk_instead(small_disks):
+    """Memory the node counted as free may still be held (a mapping of a removed file): no error, disk."""
+    import pickle
+
+    from asyncray._store.shm import ObjectStore
+
+    store_fs, spill_fs = small_disks
+    store = ObjectStore(str(store_fs / "s"), create=True, spill_dir=str(spill_fs / "sp"))
+    with open(store_fs / "s" / "ballast", "wb") as f:
+        f.write(b"\0" * (20 * 2**20))  # the memory file system is nearly full
+    value = np.random.default_rng(3).random(2**19)  # 4 MiB
+    bufs: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(value, protocol=5, buffer_callback=bufs.append)
+    store.write(b"o" * 16, data, bufs)
+    assert not os.path.exists(store.path(b"o" * 16)) and os.path.exists(store.spill_path(b"o" * 16))
+    d, b = store.read(b"o" * 16)
+    assert np.array_equal(pickle.loads(d, buffers=b), value)
+    del d, b
+    store.destroy()

@@ -261,6 +261,14 @@ def test_memoryviews_of_every_shape_round_trip(make: Any, store: ObjectStore) ->
         assert out.tobytes() == value.tobytes() and out.format == value.format
 
 
+@pytest.mark.parametrize("dtype", [np.complex128, np.float16, ">i4"])
+def test_memoryviews_that_cannot_be_rebuilt_are_refused_when_pickled(dtype: Any) -> None:
+    with pytest.raises(TypeError, match="cannot be rebuilt after pickling"):
+        ser.dumps(memoryview(np.zeros(3, dtype=dtype)))
+    with pytest.raises(TypeError, match="cannot be rebuilt"):
+        ser.dumps([memoryview(np.zeros(3, dtype=dtype)), lambda: 0])  # nested, through cloudpickle
+
+
 def test_stored_descriptor_without_a_store_is_a_clear_error(store: ObjectStore) -> None:
     desc = ser.make_descriptor(_big_array(), store, OID)
     with pytest.raises(RuntimeError, match="shared-memory store"):

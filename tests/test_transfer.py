@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -42,11 +43,20 @@ def _digest(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+@pytest.mark.parametrize("splice", ["both", "none", "socket only"])
 def test_an_object_crosses_intact(holder, tmp_path, monkeypatch, splice):
     store, server = holder
-    if not splice:  # the fallback for systems without splice(2)
+    if splice == "none":  # the fallback for systems without splice(2)
         monkeypatch.delattr(os, "splice", raising=False)
+    elif splice == "socket only":  # a destination file system that refuses splice
+        real = os.splice
+
+        def refuse_files(src, dst, count, **kw):
+            if "offset_dst" in kw:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real(src, dst, count, **kw)
+
+        monkeypatch.setattr(os, "splice", refuse_files)
     oid = os.urandom(16)
     _put(store, oid, np.random.default_rng(1).random(3_000_000))  # 24 MB, not a multiple of any chunk
     dest = str(tmp_path / "dest")
@@ -85,3 +95,20 @@ def test_a_wrong_token_gets_nothing_and_the_server_keeps_serving(holder, tmp_pat
     with socket.create_connection((host, int(port))) as sock:  # garbage, then hang up
         sock.sendall(os.urandom(5000))
     assert transfer.fetch(server.address, TOKEN, oid, str(tmp_path / "dest2")) > 0
+
+
+def test_only_the_object_is_sent_when_its_file_is_a_longer_warm_segment(holder, tmp_path):
+    store, server = holder
+    segment = os.path.join(store.directory, "segment-test")
+    with open(segment, "wb") as f:
+        f.write(b"\xee" * (4 * 1024 * 1024))  # a recycled file, longer than what goes in it
+    store.reserve = lambda size: {"segment": segment}
+    oid = os.urandom(16)
+    value = np.arange(300_000, dtype=np.int64)  # 2.4 MB
+    _put(store, oid, value)
+    assert os.path.getsize(store.path(oid)) == 4 * 1024 * 1024
+    dest_store = ObjectStore(str(tmp_path / "other"), create=True)
+    size = transfer.fetch(server.address, TOKEN, oid, dest_store.path(oid))
+    assert size < 2_500_000 and os.path.getsize(dest_store.path(oid)) == size
+    data, bufs = dest_store.read(oid)
+    assert np.array_equal(pickle.loads(data, buffers=bufs), value)

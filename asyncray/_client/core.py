@@ -101,6 +101,8 @@ class Core(ObjectTable, TaskSubmitter):
         self._borrow_out: dict[str, _BorrowNotice] = {}
         self._borrow_flush = False
         self._freed_out: list[bytes] = []  # freed stored objects, told to the head once per loop turn
+        self._freed_flush = False
+        self._notice_lock = threading.Lock()  # borrow and free notices are queued from any thread
         self._incoming: set[Connection] = set()
         self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}
         self._finished_events: list[list[Any]] = []
@@ -218,7 +220,6 @@ class Core(ObjectTable, TaskSubmitter):
             raise
         finally:
             self._connecting.pop(address, None)
-        conn.state["address"] = address  # who is at the other end (it sends us no Hello)
         self._peers[address] = conn
         fut.set_result(conn)
         return conn

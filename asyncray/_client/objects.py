@@ -152,34 +152,42 @@ class ObjectTable:
             self.free_stored(object_id)
 
     def free_stored(self, object_id: bytes) -> None:
-        """Delete an object we own from our node's store, and (through the head) every copy elsewhere."""
+        """Delete an object we own from our node's store, and (through the head) every copy elsewhere (any thread)."""
         self.store.delete(object_id)
-        if not self._freed_out:
+        with self._notice_lock:
+            self._freed_out.append(object_id)
+            schedule = not self._freed_flush
+            self._freed_flush = True
+        if schedule:
             self.call_soon(self._flush_freed)
-        self._freed_out.append(object_id)
 
     def _flush_freed(self) -> None:
-        freed, self._freed_out = self._freed_out, []
+        with self._notice_lock:
+            freed, self._freed_out = self._freed_out, []
+            self._freed_flush = False
         if freed and self.head is not None and self.head.is_open:
             self.head.send(m.ObjectsFreed(object_ids=freed))
 
     def _queue_borrow(self, owner: str, object_id: bytes, add: bool) -> None:
-        """Batch borrower notices per owner; one frame per owner per loop iteration."""
-        notice = self._notice(owner)
-        (notice.add if add else notice.drop).append(object_id)
+        """Batch borrower notices per owner; one frame per owner per loop iteration (any thread)."""
+        self._queue_notice(owner, "add" if add else "drop", object_id)
 
-    def _notice(self, address: str) -> _BorrowNotice:
-        notice = self._borrow_out.get(address)
-        if notice is None:
-            notice = self._borrow_out[address] = _BorrowNotice()
-        if not self._borrow_flush:
+    def _queue_notice(self, address: str, kind: str, item: Any) -> None:
+        """Add to what we tell ``address`` at the end of this loop turn (the lock: refs die on any thread)."""
+        with self._notice_lock:
+            notice = self._borrow_out.get(address)
+            if notice is None:
+                notice = self._borrow_out[address] = _BorrowNotice()
+            getattr(notice, kind).append(item)
+            schedule = not self._borrow_flush
             self._borrow_flush = True
+        if schedule:
             self.call_soon(self._flush_borrows)
-        return notice
 
     def _flush_borrows(self) -> None:
-        self._borrow_flush = False
-        out, self._borrow_out = self._borrow_out, {}
+        with self._notice_lock:
+            out, self._borrow_out = self._borrow_out, {}
+            self._borrow_flush = False
         for address, notice in out.items():
             msg = m.Borrow(add=notice.add, drop=notice.drop, handoff=notice.handoff, released=notice.released)
             conn = self._route_to(address)
@@ -225,7 +233,7 @@ class ObjectTable:
             if holder == self.address:
                 self._release_handoff(oid)
             else:
-                self._notice(holder).released.append(oid)
+                self._queue_notice(holder, "released", oid)
         for oid in msg.released:
             self._release_handoff(oid)
 
@@ -237,9 +245,9 @@ class ObjectTable:
         """
         for ref in refs:
             if ref.owner == self.address:  # our own object: our refs already count
-                self._notice(holder).released.append(ref.id)
+                self._queue_notice(holder, "released", ref.id)
             else:
-                self._notice(ref.owner).handoff.append([ref.id, holder])
+                self._queue_notice(ref.owner, "handoff", [ref.id, holder])
 
     def _release_handoff(self, object_id: bytes) -> None:
         holds = self._handoff.get(object_id)

@@ -199,8 +199,11 @@ class NodeService(Service):
         # Warm segments are sized by what writers actually ask for (none until a big write).
         if large:
             self._last_large_write = time.monotonic()
-            want = min(1 << (size - 1).bit_length(), manager.limit // 4)
-            if want > manager.segment_bytes:
+            want = 1 << (size - 1).bit_length()
+            # Fresh segments only for sizes of which two fit in the spare budget (a quarter of
+            # the store): larger ones would be made and trimmed again each turn. Freed objects
+            # of any size are still recycled.
+            if want > manager.segment_bytes and want * WARM_SEGMENT_COUNT <= manager.limit // 4:
                 manager.segment_bytes, manager.segment_count = want, WARM_SEGMENT_COUNT
         where = await asyncio.get_running_loop().run_in_executor(None, manager.reserve, size)
         if large and refill_after_s is not None:  # the next large write should find warm memory too

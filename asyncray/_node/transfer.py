@@ -26,7 +26,7 @@ import socketserver
 import threading
 from collections.abc import Callable
 
-from asyncray._store.shm import open_shared
+from asyncray._store.shm import object_length, open_shared
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,9 @@ class TransferServer:
             sock.sendall((0).to_bytes(8, "big"))
             return
         with open(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            size = object_length(fd)  # not the file's size: a warm segment may be longer
             sock.sendall(size.to_bytes(8, "big"))
-            sock.sendfile(f)
+            sock.sendfile(f, count=size)
 
     def stop(self) -> None:
         """Stop listening (transfers under way end with their connections)."""
@@ -151,12 +151,31 @@ def _receive_spliced(sock: socket.socket, fd: int, size: int) -> int:
                 raise ConnectionError(f"the transfer was closed after {got} of {size} bytes")
             moved = 0
             while moved < n:
-                moved += os.splice(r, fd, n - moved, offset_dst=got + moved)
+                try:
+                    moved += os.splice(r, fd, n - moved, offset_dst=got + moved)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    _drain_pipe(r, fd, n - moved, got + moved)  # the file refuses splice: copy the rest
+                    return got + n
             got += n
         return got
     finally:
         os.close(r)
         os.close(w)
+
+
+def _drain_pipe(r: int, fd: int, n: int, offset: int) -> None:
+    """Write the ``n`` bytes still in the pipe to the file at ``offset``."""
+    while n > 0:
+        chunk = os.read(r, n)
+        if not chunk:
+            raise ConnectionError("the transfer pipe closed early")
+        written = 0
+        while written < len(chunk):
+            written += os.pwrite(fd, chunk[written:], offset + written)
+        offset += len(chunk)
+        n -= len(chunk)
 
 
 def _receive_copied(sock: socket.socket, fd: int, size: int, got: int) -> None:

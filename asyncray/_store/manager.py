@@ -153,7 +153,11 @@ class StoreManager:
             with open(fd, "rb", closefd=False) as f, open(tmp, "wb") as out:
                 shutil.copyfileobj(f, out, 1 << 20)
             os.rename(tmp, dst)  # readers now find it on disk...
-            os.unlink(src)  # ...before it leaves memory; open mappings stay valid
+            try:
+                os.unlink(src)  # ...before it leaves memory; open mappings stay valid
+            except FileNotFoundError:  # freed (and deleted) while we copied: no orphan on disk
+                _unlink(dst)
+                return 0
         except FileNotFoundError:  # freed meanwhile
             _unlink(tmp)
             return 0

@@ -104,6 +104,14 @@ def _rebuild_binary(mutable: bool, buf: Any) -> bytes | bytearray:
 
 
 def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
+    if view.nbytes and view.format != "B":
+        try:  # only native single-character formats can be rebuilt (memoryview.cast)
+            memoryview(bytes(view.itemsize)).cast(view.format)
+        except (ValueError, TypeError):
+            raise TypeError(
+                f"a memoryview of format {view.format!r} cannot be rebuilt after pickling; "
+                "put the array it views, or memoryview.cast('B')"
+            ) from None
     buf: Any = pickle.PickleBuffer(view) if view.c_contiguous else view.tobytes()
     return _rebuild_memoryview, (buf, view.format, view.shape)
 

@@ -82,6 +82,33 @@ class ObjectStore:
             parts.append(part)
             pos += len(part) if isinstance(part, bytes) else part.nbytes
         where = self.reserve(pos) if self.reserve is not None else {}
+        try:
+            self._write_file(object_id, parts, pos, where)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            if not where.get("disk"):  # memory is fuller than the node measured: disk then
+                try:
+                    self._write_file(object_id, parts, pos, {"disk": True})
+                except OSError as again:
+                    if again.errno != errno.ENOSPC:
+                        raise
+                else:
+                    return self._written(object_id, pos)
+            from asyncray.exceptions import OutOfMemoryError
+
+            raise OutOfMemoryError(
+                f"no room for a {pos}-byte object: the object store ({self.directory}) and the spill "
+                f"directory ({self.spill_dir}) are both full"
+            ) from exc
+        return self._written(object_id, pos)
+
+    def _written(self, object_id: bytes, size: int) -> int:
+        if self.on_write is not None:
+            self.on_write(object_id, size)
+        return size
+
+    def _write_file(self, object_id: bytes, parts: list[Any], pos: int, where: dict[str, Any]) -> None:
         final = self.spill_path(object_id) if where.get("disk") else self.path(object_id)
         tmp = f"{final}.{os.getpid()}.tmp"
         warm = False
@@ -110,26 +137,14 @@ class ObjectStore:
                         view = view[n:]
                 if in_memory:
                     self._write_maps.remember(fd)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(tmp)
-            if exc.errno == errno.ENOSPC:
-                from asyncray.exceptions import OutOfMemoryError
-
-                raise OutOfMemoryError(
-                    f"no room for a {pos}-byte object: the object store ({self.directory}) and the spill "
-                    f"directory ({self.spill_dir}) are both full"
-                ) from exc
-            raise
+            if warm:
+                os.utime(fd)  # its use starts now, not when the segment was made (LRU spilling)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
         os.close(fd)
         os.rename(tmp, final)
-        if self.on_write is not None:
-            self.on_write(object_id, pos)
-        return pos
 
     def read(self, object_id: bytes) -> tuple[memoryview, list[memoryview]]:
         """Map an object (from memory, or from disk if spilled); returns views into the mapping."""
@@ -207,6 +222,19 @@ class ObjectStore:
         self._write_maps.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def object_length(fd: int) -> int:
+    """Where the object in file ``fd`` ends (a warm segment's file may be longer): from its header."""
+    head = os.pread(fd, 16, 0)
+    if len(head) < 16 or head[:4] != MAGIC:
+        return os.fstat(fd).st_size
+    nbufs, data_len = struct.unpack_from("<IQ", head, 4)
+    lens = struct.unpack(f"<{nbufs}Q", os.pread(fd, 8 * nbufs, 16)) if nbufs else ()
+    pos = _align(16 + 8 * nbufs) + data_len
+    for n in lens:
+        pos = _align(pos) + n
+    return pos
 
 
 def open_shared(path: str, *, touch: bool = False) -> int | None:

@@ -205,7 +205,9 @@ async def connect(
     family, target = parse_address(address)
 
     def factory() -> Connection:
-        return Connection(handler, name=name or address, on_close=on_close)
+        conn = Connection(handler, name=name or address, on_close=on_close)
+        conn.state["address"] = address  # who is at the other end (it sends us no Hello)
+        return conn
 
     if family == "unix":
         assert isinstance(target, str)
