@@ -106,6 +106,16 @@ class HeadService(Service):
             self._freed.popitem(last=False)
         self._delete_copies(by_node)
 
+    def _owner_gone(self, prefix: bytes) -> None:
+        """Every node deletes the objects of a process that is gone, announced or not (it may have
+        died between writing an object and telling anyone)."""
+        for oid in [oid for oid in self.objects if oid.startswith(prefix)]:
+            del self.objects[oid]
+            self._freed[oid] = None
+        for conn in self._node_conns.values():
+            if conn.is_open:
+                conn.send(m.OwnerGone(prefix=prefix))
+
     def _delete_copies(self, by_node: dict[bytes, list[bytes]]) -> None:
         for node_id, oids in by_node.items():
             conn = self._node_conns.get(node_id)
@@ -214,7 +224,7 @@ class HeadService(Service):
             self.tasks.forget(conn.state["owner"])
         prefix = conn.state.get("id_prefix")
         if prefix:  # its owner is gone: so are the objects it owned (Ray's ownership model)
-            self._objects_freed([oid for oid in self.objects if oid.startswith(prefix)])
+            self._owner_gone(prefix)
         node_id = conn.state.get("node_id")
         if node_id is not None and self._node_conns.get(node_id) is conn:
             self._node_died(node_id, "its connection to the head closed")

@@ -362,6 +362,8 @@ class NodeService(Service):
             self.view = msg.nodes
         elif isinstance(msg, m.DeleteObjects):  # freed by their owners: our copies go too
             self._delete_copies(msg.object_ids)
+        elif isinstance(msg, m.OwnerGone):
+            self._delete_copies(self.store.ids_with_prefix(msg.prefix))
         else:
             log.debug("node: head sent %s", type(msg).__name__)
 

@@ -209,6 +209,18 @@ class ObjectStore:
         finally:
             os.close(fd)
 
+    def ids_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """Objects (in memory or on disk) whose ids start with ``prefix``: those of one owner."""
+        start = prefix.hex()
+        found = []
+        for directory in (self.directory, self.spill_dir):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            found += [bytes.fromhex(n) for n in names if n.startswith(start) and "." not in n]
+        return found
+
     def contains(self, object_id: bytes) -> bool:
         """True once the object is fully written (in memory or on disk)."""
         return os.path.exists(self.path(object_id)) or os.path.exists(self.spill_path(object_id))

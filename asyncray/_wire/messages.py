@@ -409,6 +409,15 @@ class WorkerOwns(Message):
     owns: bool
 
 
+@message("owner_gone")
+@dataclass(slots=True)
+class OwnerGone(Message):
+    """Head to every node: the process whose ids start with ``prefix`` is gone; delete its objects
+    (also those it wrote but never got to announce)."""
+
+    prefix: bytes
+
+
 @message("delete_objects")
 @dataclass(slots=True)
 class DeleteObjects(Message):
