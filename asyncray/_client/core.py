@@ -100,8 +100,6 @@ class Core(ObjectTable, TaskSubmitter):
         self._borrowed_from: dict[bytes, str] = {}
         self._borrow_out: dict[str, _BorrowNotice] = {}
         self._borrow_flush = False
-        self._freed_out: list[bytes] = []  # freed stored objects, told to the head once per loop turn
-        self._freed_flush = False
         self._notice_lock = threading.Lock()  # borrow and free notices are queued from any thread
         self._incoming: set[Connection] = set()
         self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}

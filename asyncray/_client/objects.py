@@ -47,6 +47,10 @@ class _BorrowNotice:
     drop: list[bytes] = field(default_factory=list)
     handoff: list[list[Any]] = field(default_factory=list)
     released: list[bytes] = field(default_factory=list)
+    freed: list[bytes] = field(default_factory=list)  # only to the head (``_HEAD``)
+
+
+_HEAD = "<head>"  # the notice "peer" for objects we freed (ObjectsFreed)
 
 
 class _Entry:
@@ -154,19 +158,7 @@ class ObjectTable:
     def free_stored(self, object_id: bytes) -> None:
         """Delete an object we own from our node's store, and (through the head) every copy elsewhere (any thread)."""
         self.store.delete(object_id)
-        with self._notice_lock:
-            self._freed_out.append(object_id)
-            schedule = not self._freed_flush
-            self._freed_flush = True
-        if schedule:
-            self.call_soon(self._flush_freed)
-
-    def _flush_freed(self) -> None:
-        with self._notice_lock:
-            freed, self._freed_out = self._freed_out, []
-            self._freed_flush = False
-        if freed and self.head is not None and self.head.is_open:
-            self.head.send(m.ObjectsFreed(object_ids=freed))
+        self._queue_notice(_HEAD, "freed", object_id)
 
     def _queue_borrow(self, owner: str, object_id: bytes, add: bool) -> None:
         """Batch borrower notices per owner; one frame per owner per loop iteration (any thread)."""
@@ -189,6 +181,10 @@ class ObjectTable:
             out, self._borrow_out = self._borrow_out, {}
             self._borrow_flush = False
         for address, notice in out.items():
+            if address == _HEAD:
+                if self.head is not None and self.head.is_open:
+                    self.head.send(m.ObjectsFreed(object_ids=notice.freed))
+                continue
             msg = m.Borrow(add=notice.add, drop=notice.drop, handoff=notice.handoff, released=notice.released)
             conn = self._route_to(address)
             if conn is not None:
