@@ -18,7 +18,6 @@ comes back transparently, and one being moved is in one place or the other.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncray._procs import pid_alive
-from asyncray._store.shm import SEGMENT_PREFIX, ObjectStore, open_shared
+from asyncray._store.shm import SEGMENT_PREFIX, ObjectStore, lock_exclusive, open_shared
 
 log = logging.getLogger(__name__)
 
@@ -293,10 +292,7 @@ def _is_mapped(path: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
+        return not lock_exclusive(fd)
     finally:
         os.close(fd)
 

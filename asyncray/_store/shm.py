@@ -196,12 +196,8 @@ class ObjectStore:
         except FileNotFoundError:
             return False
         try:
-            if os.fstat(fd).st_size < LARGE_OBJECT_BYTES:
-                return False
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # someone still maps it: its pages must stay as they are
+            if os.fstat(fd).st_size < LARGE_OBJECT_BYTES or not lock_exclusive(fd):
+                return False  # small, or someone still maps it: its pages must stay as they are
             os.rename(path, os.path.join(self.directory, f"{SEGMENT_PREFIX}freed-{object_id.hex()}"))
             return True
         except OSError:
@@ -234,6 +230,15 @@ class ObjectStore:
         self._write_maps.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+
+def lock_exclusive(fd: int) -> bool:
+    """Take an exclusive lock if nobody reads the file (readers hold a shared one while mapped)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def object_length(fd: int) -> int:
