@@ -8,10 +8,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# A crashed loop restarts after this pause, doubled per crash up to the cap; a loop that ran
+# this long since its last start counts as healthy again (the pause starts over).
+RESTART_DELAY_S = 0.1
+RESTART_DELAY_MAX_S = 5.0
+HEALTHY_AFTER_S = 60.0
+
+
+async def supervised(
+    name: str, run: Callable[[], Coroutine[Any, Any, None]], logger: logging.Logger = log,
+) -> None:
+    """Run a long-lived loop for good: a crash is logged with its traceback and the loop restarts.
+
+    ``run`` makes a fresh coroutine each time. A loop that returns is done; cancellation
+    ends it. A background loop never dies unseen (a head that silently stopped watching its
+    nodes, or a core that stopped reporting, would look alive and be wrong forever).
+    """
+    delay = RESTART_DELAY_S
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if time.monotonic() - started > HEALTHY_AFTER_S:
+                delay = RESTART_DELAY_S
+            logger.exception("%s crashed; restarting it in %.1f s", name, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
 
 class Service:
@@ -31,6 +63,10 @@ class Service:
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
+
+    def supervise(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[Any]:
+        """Run a long-lived loop owned by this service, restarted (and logged) when it crashes."""
+        return self.spawn(supervised(f"{self.name}: {name}", run), name)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

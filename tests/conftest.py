@@ -60,6 +60,20 @@ class LoopLagProbe:
         await self._task
 
 
+def is_running(proc: int | psutil.Process) -> bool:
+    """True while a process exists and is not a zombie.
+
+    One call that tolerates the process vanishing between looking it up and reading its
+    status: ``pid_exists(p) and Process(p).status()`` raises NoSuchProcess in that window,
+    which made a test that waits for an actor's worker to exit flaky.
+    """
+    try:
+        p = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _children() -> list[psutil.Process]:
     try:
         return psutil.Process().children(recursive=True)
@@ -74,7 +88,7 @@ def _no_leaks_per_module() -> Iterator[None]:
     yield
     if asyncray.is_initialized():
         asyncray.shutdown()
-    assert wait_for(lambda: not [p for p in _children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]), (
+    assert wait_for(lambda: not [p for p in _children() if is_running(p)]), (
         f"processes left running: {[(p.pid, p.cmdline()) for p in _children()]}"
     )
     leaked = set(glob.glob(SHM_GLOB)) - shm_before

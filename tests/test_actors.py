@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import is_running, wait_for
 
 import asyncray
 from asyncray.exceptions import ActorDiedError
@@ -308,10 +308,8 @@ def test_constructor_error_surfaces_at_first_call(ray):
 def test_actor_ends_when_its_last_handle_is_dropped(ray):
     c = Counter.remote()
     pid = ray.get(c.pid.remote())
-    import psutil
-
     del c
-    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+    assert wait_for(lambda: not is_running(pid), 10)
 
 
 def test_result_of_a_dropped_handle_still_arrives(ray):

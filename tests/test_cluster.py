@@ -230,16 +230,22 @@ def result(**kw):
 
 
 # ====================================================================== a two-node cluster
-class TestTwoNodes:
-    """A head (2 CPUs) plus a node with 1 CPU and ``special: 1``, shared by these tests."""
+@pytest.fixture(scope="class")
+def cluster() -> Iterator[Cluster]:
+    """A head (2 CPUs) plus a node with 1 CPU and ``special: 1``, shared by one test class.
 
-    @pytest.fixture(scope="class")
-    def cluster(self) -> Iterator[Cluster]:
-        with new_cluster() as c:
-            c.start_head(free_port(), "--num-cpus", "2")
-            c.start_node("--num-cpus", "1", "--resources", '{"special": 1}')
-            yield c
-            c.stop()
+    A module-level function, not a method: pytest 9.2 deprecates class-scoped fixtures defined
+    as instance methods (the instance they would see is not the one the tests run on).
+    """
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "2")
+        c.start_node("--num-cpus", "1", "--resources", '{"special": 1}')
+        yield c
+        c.stop()
+
+
+class TestTwoNodes:
+    """Tests that share the two-node ``cluster`` fixture."""
 
     def test_status_lists_both_nodes(self, cluster: Cluster) -> None:
         nodes = cluster.nodes()

@@ -12,7 +12,7 @@ import textwrap
 
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import is_running, wait_for
 
 import asyncray
 
@@ -56,7 +56,7 @@ def test_shutdown_ends_workers_and_removes_the_store():
     assert wait_for(lambda: len(pids_of_workers()) == 2)
     pids = pids_of_workers()
     asyncray.shutdown()
-    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+    assert not any(is_running(p) for p in pids)
     assert not os.path.exists(info.session_dir)
 
 

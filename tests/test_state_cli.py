@@ -51,7 +51,11 @@ JOB = textwrap.dedent("""
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("ASYNCRAY_ADDRESS", "ASYNCRAY_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ASYNCRAY_ADDRESS", "ASYNCRAY_TOKEN")}
+    # The job's ``python`` is the one on PATH, as for a user in an activated venv: make it ours
+    # even when the suite runs as /path/to/venv/bin/python -m pytest without activating it.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    return env
 
 
 def cli(*args: str, cwd: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

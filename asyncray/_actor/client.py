@@ -18,6 +18,7 @@ from asyncray import _ids
 from asyncray._client.ref import ObjectRef
 from asyncray._client.task_spec import TaskSpec, TaskState
 from asyncray._store import serialization as ser
+from asyncray._threads import snapshot
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
 from asyncray.exceptions import ActorDiedError, TaskCancelledError
@@ -234,7 +235,7 @@ class ActorClient:
 
     def connection_lost(self, conn: Connection) -> None:
         """An actor's worker went away: retry in-flight calls on its next life, or fail them."""
-        for ch in self._channels.values():
+        for ch in snapshot(self._channels).values():
             if ch.conn is not conn:
                 continue
             ch.conn = None

@@ -89,6 +89,7 @@ class ActorClass:
             "max_concurrency": opts.get("max_concurrency") or default_conc,
             "detached": opts.get("lifetime") == "detached",
             "owner": core.address,
+            "job_id": core.current_job_id(),
             "args": arg_descs,
             "kwargs": kw_descs,
             "affinity": _affinity(opts.get("scheduling_strategy")),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from typing import Any
 
 from asyncray._client import context
 from asyncray._looplag import probe_loop_lag
+from asyncray._service import supervised
 from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
@@ -50,6 +52,7 @@ class ActorHost:
         self.executor = executor
         self.core = executor.core
         self.actor_id = msg.actor_id
+        self.job_id = msg.job_id
         self.class_name = msg.name
         self.instance: Any = None
         self.max_concurrency = msg.max_concurrency
@@ -77,7 +80,9 @@ class ActorHost:
             )
 
             def build() -> Any:
-                token = context.current_task.set(context.TaskContext(b"", f"{self.class_name}.__init__", self.actor_id))
+                token = context.current_task.set(context.TaskContext(
+                    b"", f"{self.class_name}.__init__", self.actor_id, self.job_id
+                ))
                 try:
                     args, kwargs = decode_args(self.core, msg)  # type: ignore[arg-type]
                     return klass(*args, **kwargs)
@@ -92,7 +97,9 @@ class ActorHost:
             return
         if self.is_async:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
-            self.core.spawn(probe_loop_lag(self._lags, LAG_PROBE_INTERVAL_S))
+            self.core.spawn(supervised(
+                f"{self.class_name} loop-lag probe", functools.partial(probe_loop_lag, self._lags, LAG_PROBE_INTERVAL_S)
+            ))
         elif self.max_concurrency > 1:
             self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="asyncray-actor")
         self.executor.actor_host = self
@@ -162,14 +169,14 @@ class ActorHost:
 
         self._running[msg.task_id] = threading.get_ident()
         try:
-            return run_sync(self.core, msg, fn, self.actor_id)
+            return run_sync(self.core, msg, fn, self.actor_id, self.job_id)
         finally:
             self._running.pop(msg.task_id, None)
 
     async def _call_async(self, conn: Connection, msg: m.PushTask, fn: Any) -> None:
         assert self._semaphore is not None
         async with self._semaphore:
-            outcome = await run_async(self.core, msg, fn, self.actor_id)
+            outcome = await run_async(self.core, msg, fn, self.actor_id, self.job_id)
         send_done(conn, msg.task_id, *outcome)
 
     def cancel(self, task_id: bytes) -> bool:

@@ -128,7 +128,7 @@ class RuntimeContext:
 
     def __init__(self, core: Any) -> None:
         task = context.current_task.get()
-        self.job_id = core.job_id.hex()
+        self.job_id = (task.job_id if task and task.job_id else core.job_id).hex()
         self.node_id = core.node_id.hex()
         self.worker_id = core.worker_id.hex()
         self.task_id = task.task_id.hex() if task else None

@@ -23,6 +23,7 @@ class TaskContext:
     task_id: bytes
     name: str
     actor_id: bytes | None = None
+    job_id: bytes = b""  # the job (driver) the task belongs to; empty: this process's own
 
 
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("asyncray_task", default=None)

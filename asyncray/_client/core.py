@@ -28,8 +28,10 @@ from asyncray._client.objects import ObjectTable, _BorrowNotice, _Entry, _LoopBr
 from asyncray._client.ref import ObjectRef
 from asyncray._client.submit import RECLAIM_WINDOW_S, TaskSubmitter, _Lease, _SchedQueue
 from asyncray._client.task_spec import TaskSpec
+from asyncray._service import supervised
 from asyncray._store import serialization as ser
 from asyncray._store.shm import ObjectStore
+from asyncray._threads import snapshot
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, connect, serve
 from asyncray.exceptions import (
@@ -133,7 +135,7 @@ class Core(ObjectTable, TaskSubmitter):
         self.head.send(m.OwnerPrefix(prefix=_ids.new_id()[:8]))  # our objects go with us
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
-        self.spawn(self._report_loop())
+        self.spawn(supervised(f"{self.role} task report", self._report_loop, log))
 
     async def stop(self) -> None:
         """Close every connection; fail whatever still waits."""
@@ -158,7 +160,7 @@ class Core(ObjectTable, TaskSubmitter):
         if self.store is not None:
             self.store.close()
         lost = ser.error_descriptor(ObjectLostError("the runtime was shut down before this object was ready"))
-        for entry in list(self._objects.values()):
+        for entry in snapshot(self._objects).values():
             if entry.desc is None:
                 self._resolve_entry(entry, lost)
         if self.address.startswith("unix:"):
@@ -171,8 +173,18 @@ class Core(ObjectTable, TaskSubmitter):
         """Run a coroutine owned by the core (cancelled at stop)."""
         task = self.loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._closed:
+            log.error("%s core: background task %s failed", self.role, task.get_name(), exc_info=task.exception())
+
+    def current_job_id(self) -> bytes:
+        """The job of whatever runs now: the task's (or actor's) job in a worker, else this process's."""
+        task = context.current_task.get()
+        return task.job_id if task is not None and task.job_id else self.job_id
 
     def on_loop_thread(self) -> bool:
         """True when called from the thread that runs the core's loop."""

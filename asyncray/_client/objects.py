@@ -20,6 +20,7 @@ from typing import Any
 from asyncray import _ids
 from asyncray._client.ref import ObjectRef
 from asyncray._store import serialization as ser
+from asyncray._threads import snapshot
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
 from asyncray.exceptions import (
@@ -263,7 +264,7 @@ class ObjectTable:
             self._handoff.setdefault(ref.id, []).append((conn, ref))
 
     def _release_handoffs(self, conn: Connection) -> None:
-        for oid, holds in list(self._handoff.items()):
+        for oid, holds in snapshot(self._handoff).items():
             keep = [(c, r) for c, r in holds if c is not conn]
             if keep:
                 self._handoff[oid] = keep
@@ -272,7 +273,7 @@ class ObjectTable:
 
     def _borrower_gone(self, address: str) -> None:
         """A borrower's process is gone: it holds nothing any more."""
-        for oid, entry in list(self._objects.items()):
+        for oid, entry in snapshot(self._objects).items():
             if entry.borrowers and address in entry.borrowers:
                 del entry.borrowers[address]
                 self._maybe_free(oid)

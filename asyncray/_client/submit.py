@@ -20,6 +20,7 @@ from asyncray._client.objects import _Entry
 from asyncray._client.ref import ObjectRef
 from asyncray._client.task_spec import FunctionDescriptor, TaskSpec, TaskState
 from asyncray._store import serialization as ser
+from asyncray._threads import snapshot
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
 from asyncray.exceptions import (
@@ -102,7 +103,7 @@ class TaskSubmitter:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
             if self.role == "worker" and self.node is not None and self.node.is_open:
-                owns = any(e.owned for e in self._objects.values())
+                owns = any(e.owned for e in snapshot(self._objects).values())
                 if owns != owned:  # the node must not reap a worker whose objects others may use
                     owned = owns
                     self.node.send(m.WorkerOwns(owns=owns))
@@ -123,20 +124,20 @@ class TaskSubmitter:
     def _task_report(self) -> m.TaskEvents:
         counts: dict[str, dict[str, int]] = {}
         live = []
-        for spec in list(self._live.values()):
+        for spec in snapshot(self._live).values():
             state = spec.state.name
             by_state = counts.setdefault(spec.fn.name, {})
             by_state[state] = by_state.get(state, 0) + 1
             if len(live) < MAX_LIVE_IN_REPORT:
                 live.append([spec.task_id, spec.fn.name, state, spec.worker_pid, spec.node_id,
-                             spec.submitted_at, spec.started_at])
+                             spec.submitted_at, spec.started_at, spec.job_id])
         finished, self._finished_events = self._finished_events, []
         n_objects = len(self._objects)
         actor = None
         if self.executor is not None and self.executor.actor_host is not None:
             actor = self.executor.actor_host.stats()
         stored = []  # what this process owns in shared memory: [id, size, local refs, borrowers]
-        for oid, entry in list(self._objects.items()):
+        for oid, entry in snapshot(self._objects).items():
             desc = entry.desc
             if entry.owned and desc is not None and desc[0] == ser.STORED:
                 borrowers = len(entry.borrowers) if entry.borrowers else 0
@@ -363,7 +364,7 @@ class TaskSubmitter:
             task_id=spec.task_id, fn_id=fn.fn_id, name=fn.name, args=spec.args, kwargs=spec.kwargs,
             return_ids=spec.return_ids, owner=self.address, fn_blob=blob,
             actor_id=spec.actor.actor_id if spec.actor is not None else None,
-            method=spec.method, seq=spec.seq, caller=self.worker_id,
+            method=spec.method, seq=spec.seq, caller=self.worker_id, job_id=spec.job_id,
         )
 
     def _lease_free(self, lease: _Lease) -> None:
@@ -458,7 +459,7 @@ class TaskSubmitter:
             start = end - spec.duration if spec.duration else (spec.started_at or end)
             self._finished_events.append([
                 spec.task_id, spec.fn.name, "FAILED" if failed else "FINISHED", spec.worker_pid, spec.node_id,
-                spec.submitted_at, start, end, _error_summary(results[0]) if failed else "",
+                spec.submitted_at, start, spec.job_id, end, _error_summary(results[0]) if failed else "",
             ])
         for i, (rid, desc) in enumerate(zip(spec.return_ids, results, strict=False)):
             self._by_return.pop(rid, None)
@@ -540,6 +541,7 @@ class TaskSubmitter:
             task_id=task_id, fn=fn, args=arg_descs, kwargs=kw_descs, deps=deps,
             return_ids=[_ids.return_id(task_id, i) for i in range(num_returns)],
             resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions, strategy=strategy,
+            job_id=self.current_job_id(),
         )
 
 

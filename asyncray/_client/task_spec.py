@@ -77,6 +77,7 @@ class TaskSpec:
     started_at: float = 0.0
     duration: float = 0.0
     contained: list[Any] = field(default_factory=list)  # refs inside the arguments, alive until done
+    job_id: bytes = b""  # the submitting job: the driver's, or the job of the task that submitted it
     sched_key: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:

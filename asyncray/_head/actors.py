@@ -69,6 +69,7 @@ class ActorRecord:
             "address": self.address, "pid": self.pid, "node_id": self.node_id,
             "num_restarts": self.num_restarts, "death_cause": self.death_cause,
             "death_error": self.death_error, "detached": bool(self.spec.get("detached")),
+            "job_id": self.spec.get("job_id", b""),
         }
 
 
@@ -246,7 +247,7 @@ class ActorManager:
                 m.CreateActor(
                     rid=0, actor_id=rec.actor_id, class_blob=spec["class_blob"], name=rec.meta["class_name"],
                     args=spec["args"], kwargs=spec["kwargs"], max_concurrency=spec["max_concurrency"],
-                    owner=spec.get("owner", ""),
+                    owner=spec.get("owner", ""), job_id=spec.get("job_id", b""),
                 )
             )
         except (OSError, ConnectionLost, RemoteCallError):

@@ -52,7 +52,7 @@ class HeadService(Service):
             on_open=self._conns.add, on_close=self._on_close,
         )
         self._servers.append(server)
-        self.spawn(self._watch_nodes(), "watch-nodes")
+        self.supervise(self._watch_nodes, "watch-nodes")
 
     async def _watch_nodes(self) -> None:
         """Declare silent nodes dead and keep every node's picture of the cluster fresh."""

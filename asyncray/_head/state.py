@@ -17,7 +17,7 @@ MAX_FINISHED = 20_000
 # Prometheus histogram bucket bounds for task latency, in seconds.
 LATENCY_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 
-TASK_FIELDS = ("task_id", "name", "state", "worker_pid", "node_id", "submitted_at", "started_at")
+TASK_FIELDS = ("task_id", "name", "state", "worker_pid", "node_id", "submitted_at", "started_at", "job_id")
 FINISHED_FIELDS = (*TASK_FIELDS, "ended_at", "error")
 
 

@@ -207,6 +207,7 @@ def actors(head: HeadService) -> list[dict[str, Any]]:
             "namespace": e["namespace"], "state": e["state"], "pid": e["pid"],
             "node_id": e["node_id"].hex() if e["node_id"] else "", "num_restarts": e["num_restarts"],
             "death_cause": e["death_cause"], "detached": e.get("detached", False),
+            "job_id": e["job_id"].hex() if isinstance(e.get("job_id"), bytes) else "",
             "is_async": bool(meta.get("is_async", False)),
             "mailbox": live["mailbox"] if live else None,
             "loop_lag_ms": live["loop_lag_ms"] if live else None,

@@ -112,9 +112,9 @@ class NodeService(Service):
             )
         )
         self._apply(self.scheduler.prestart())
-        self.spawn(self._reap_loop(), "reap-idle-workers")
-        self.spawn(self._heartbeat_loop(), "heartbeat")
-        self.spawn(self._store_loop(), "store-upkeep")
+        self.supervise(self._reap_loop, "reap-idle-workers")
+        self.supervise(self._heartbeat_loop, "heartbeat")
+        self.supervise(self._store_loop, "store-upkeep")
 
     async def _stop(self) -> None:
         if self.transfer is not None:

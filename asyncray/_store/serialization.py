@@ -16,8 +16,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import marshal
 import pickle
 import threading
+import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -128,15 +130,34 @@ def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryvie
     return view.cast(fmt, shape)
 
 
-class _CloudPickler(cloudpickle.Pickler):
-    """cloudpickle that also takes memoryviews nested in a value (pickle refuses them)."""
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    """A code object as its marshal bytes: file name and line table kept as compiled.
 
-    dispatch_table: ClassVar[Any] = collections.ChainMap({memoryview: _reduce_memoryview}, cloudpickle.Pickler.dispatch_table)
+    cloudpickle (3.1.3 on) writes ``<dynamic-code>`` as the file name of every code object it
+    pickles by value, so a remote traceback would no longer say which of the user's files
+    raised. marshal is how Python itself stores code (.pyc); like cloudpickle's own bytecode
+    payload it needs the same Python version on both ends, which a cluster has anyway.
+    """
+    return marshal.loads, (marshal.dumps(code),)
+
+
+class _CloudPickler(cloudpickle.Pickler):
+    """cloudpickle that keeps code objects' file names and takes nested memoryviews (pickle refuses them)."""
+
+    dispatch_table: ClassVar[Any] = collections.ChainMap(
+        {memoryview: _reduce_memoryview, types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    out = io.BytesIO()
+    _CloudPickler(out, protocol=5).dump(obj)
+    return out.getvalue()
 
 
 def dumps_function(fn: Any) -> bytes:
     """Pickle a function or class once, by value when it lives in ``__main__``."""
-    return cloudpickle.dumps(fn, protocol=5)
+    return _cloudpickle_dumps(fn)
 
 
 def loads(data: bytes | memoryview, buffers: list[Any] | None = None) -> Any:
@@ -147,7 +168,7 @@ def loads(data: bytes | memoryview, buffers: list[Any] | None = None) -> Any:
 def error_descriptor(exc: BaseException) -> list[Any]:
     """Descriptor for a failure; falls back to a plain error when the exception won't pickle."""
     try:
-        blob = cloudpickle.dumps(exc, protocol=5)
+        blob = _cloudpickle_dumps(exc)
         pickle.loads(blob)  # an exception that pickles may still fail to unpickle
         return [ERROR, blob]
     except Exception:

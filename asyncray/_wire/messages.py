@@ -306,6 +306,7 @@ class PushTask(Message):
     method: str | None = None
     seq: int = 0
     caller: bytes = b""
+    job_id: bytes = b""  # the job the task belongs to (its driver's, also for nested tasks)
 
 
 @message("task_done")
@@ -351,6 +352,7 @@ class CreateActor(Message):
     kwargs: dict[str, Any]
     max_concurrency: int
     owner: str
+    job_id: bytes = b""  # the job that created the actor: its methods report it
 
 
 # ---------------------------------------------------------------- cluster view and object transfer

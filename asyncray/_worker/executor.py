@@ -156,7 +156,10 @@ class TaskExecutor:
                 self._running[msg.task_id] = ident
                 self._current_sync = msg.task_id
                 try:
-                    outcome = run_sync(self.core, msg, fn, actor_id)
+                    host = self.actor_host
+                    outcome = run_sync(
+                        self.core, msg, fn, actor_id, host.job_id if actor_id is not None and host is not None else None
+                    )
                 finally:
                     self._current_sync = None
                     self._running.pop(msg.task_id, None)
@@ -278,9 +281,14 @@ def encode_results(core: Any, msg: m.PushTask, value: Any) -> tuple[list[Any], l
 Outcome = tuple[list[Any], bool, float, list[list[Any]]]
 
 
-def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Outcome:
+def task_context(msg: m.PushTask, actor_id: bytes | None, job_id: bytes | None) -> context.TaskContext:
+    """Who runs: the task, its actor, and its job (an actor's own job for its methods)."""
+    return context.TaskContext(msg.task_id, msg.name, actor_id, job_id or msg.job_id)
+
+
+def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None, job_id: bytes | None = None) -> Outcome:
     """Run a sync function in the calling thread."""
-    token = context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
+    token = context.current_task.set(task_context(msg, actor_id, job_id))
     start = time.perf_counter()
     try:
         try:
@@ -297,9 +305,11 @@ def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Out
         context.current_task.reset(token)
 
 
-async def run_async(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None) -> Outcome:
+async def run_async(
+    core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None, job_id: bytes | None = None
+) -> Outcome:
     """Run a coroutine function on this loop."""
-    context.current_task.set(context.TaskContext(msg.task_id, msg.name, actor_id))
+    context.current_task.set(task_context(msg, actor_id, job_id))
     start = time.perf_counter()
     try:
         try:

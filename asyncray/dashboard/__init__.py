@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -82,7 +83,7 @@ class DashboardService(Service):
         if self.sock is not None:
             await web.SockSite(self._runner, self.sock).start()
             self.url = f"http://{self.host}:{self.port}"
-            self.spawn(probe_loop_lag(self._lags, LAG_PROBE_INTERVAL_S), "loop-lag-probe")
+            self.supervise(functools.partial(probe_loop_lag, self._lags, LAG_PROBE_INTERVAL_S), "loop-lag-probe")
             return
         last_error: OSError | None = None
         ports = [self.port] if self.port == 0 else range(self.port, self.port + PORT_TRIES + 1)
@@ -109,7 +110,7 @@ class DashboardService(Service):
                 f"the dashboard could not bind to {self.host}:{self.port}..{self.port + PORT_TRIES}: {last_error}; "
                 "pass another dashboard_port, or include_dashboard=False"
             )
-        self.spawn(probe_loop_lag(self._lags, LAG_PROBE_INTERVAL_S), "loop-lag-probe")
+        self.supervise(functools.partial(probe_loop_lag, self._lags, LAG_PROBE_INTERVAL_S), "loop-lag-probe")
 
     def _bound_port(self, asked: int) -> int:
         assert self._runner is not None
