@@ -146,7 +146,7 @@ def method(**options: Any) -> Any:
 
 def put(value: Any) -> ObjectRef:
     """Store a value in the object store; returns its ObjectRef."""
-    return require_core("put()").put(value)
+    return require_core("put()").objects.put(value)
 
 
 def get(refs: Any, *, timeout: float | None = None) -> Any:
@@ -159,12 +159,12 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     """
     core = require_core("get()")
     lst, single = _api.check_refs(refs, "get")
-    if not core.block_until_ready(lst, len(lst), timeout, "get"):
-        missing = sum(1 for r in lst if not core.is_ready(r))
+    if not core.objects.block_until_ready(lst, len(lst), timeout, "get"):
+        missing = sum(1 for r in lst if not core.objects.is_ready(r))
         raise GetTimeoutError(f"get() timed out after {timeout} s with {missing} of {len(lst)} refs not ready")
     if single:
-        return core.load(lst[0])
-    return [core.load(r) for r in lst]
+        return core.objects.load(lst[0])
+    return [core.objects.load(r) for r in lst]
 
 
 def wait(
@@ -177,8 +177,8 @@ def wait(
     refs = _api.wait_object_refs_kw(refs, kwargs)
     lst = _api.check_wait(refs, num_returns, timeout)
     core = require_core("wait()")
-    core.block_until_ready(lst, num_returns, timeout, "wait")
-    return core.split_ready(lst, num_returns)
+    core.objects.block_until_ready(lst, num_returns, timeout, "wait")
+    return core.objects.split_ready(lst, num_returns)
 
 
 def as_completed(refs: Any, timeout: float | None = None) -> Iterator[ObjectRef]:
@@ -192,8 +192,8 @@ def as_completed(refs: Any, timeout: float | None = None) -> Iterator[ObjectRef]
     core = require_core("as_completed()")
     while pending:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        core.block_until_ready(pending, 1, left, "as_completed")
-        ready = [r for r in pending if core.is_ready(r)]
+        core.objects.block_until_ready(pending, 1, left, "as_completed")
+        ready = [r for r in pending if core.objects.is_ready(r)]
         if not ready:
             raise GetTimeoutError(f"as_completed() timed out after {timeout} s with {len(pending)} refs not ready")
         done = set(ready)
@@ -209,7 +209,7 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
     core = require_core("cancel()")
-    core.call_soon(core.cancel, ref, force)
+    core.call_soon(core.tasks.cancel, ref, force)
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:

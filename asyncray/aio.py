@@ -63,7 +63,7 @@ async def shutdown() -> None:
 
 async def put(value: Any) -> ObjectRef:
     """Store a value; returns its ObjectRef."""
-    return require_core("aio.put()").put(value)
+    return require_core("aio.put()").objects.put(value)
 
 
 async def get(refs: Any, *, timeout: float | None = None) -> Any:
@@ -74,7 +74,7 @@ async def get(refs: Any, *, timeout: float | None = None) -> Any:
     """
     core = require_core("aio.get()")
     lst, single = _api.check_refs(refs, "get")
-    return await core.get_async(lst, timeout, single=single)
+    return await core.objects.get_async(lst, timeout, single=single)
 
 
 async def wait(
@@ -83,7 +83,7 @@ async def wait(
     """``(ready, not_ready)`` in input order once ``num_returns`` are ready or time is up."""
     refs = _api.wait_object_refs_kw(refs, kwargs)
     lst = _api.check_wait(refs, num_returns, timeout)
-    return await require_core("aio.wait()").wait_async(lst, num_returns, timeout)
+    return await require_core("aio.wait()").objects.wait_async(lst, num_returns, timeout)
 
 
 async def as_completed(refs: Any, timeout: float | None = None) -> AsyncIterator[ObjectRef]:
@@ -94,7 +94,7 @@ async def as_completed(refs: Any, timeout: float | None = None) -> AsyncIterator
     """
     lst, _ = _api.check_refs(refs, "as_completed")
     core = require_core("aio.as_completed()")
-    futs = {core._ready_future(r): r for r in lst}
+    futs = {core.objects.ready_future(r): r for r in lst}
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     pending = set(futs)
@@ -116,7 +116,7 @@ async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True)
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
     core = require_core("aio.cancel()")
-    core.call_soon(core.cancel, ref, force)
+    core.call_soon(core.tasks.cancel, ref, force)
 
 
 async def get_actor(name: str, namespace: str | None = None) -> Any:

@@ -97,7 +97,7 @@ def test_task_report_survives_refs_freed_by_the_garbage_collector(fresh_ray):
     try:
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
-            core._task_report()
+            core.reporter.report()
             reports += 1
     finally:
         stop.set()

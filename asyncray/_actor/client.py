@@ -25,7 +25,9 @@ from asyncray.exceptions import ActorDiedError, TaskCancelledError
 
 if TYPE_CHECKING:
     from asyncray._actor.handle import ActorHandle
-    from asyncray._client.core import Core
+    from asyncray._client.links import CoreLinks
+    from asyncray._client.objects import ObjectTable
+    from asyncray._client.submit import TaskSubmitter
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,10 @@ class _Channel:
 class ActorClient:
     """Creates actors, routes calls, and turns actor deaths into ActorDiedError."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, links: CoreLinks, objects: ObjectTable, tasks: TaskSubmitter) -> None:
+        self.links = links
+        self.objects = objects
+        self.tasks = tasks
         self._channels: dict[bytes, _Channel] = {}
         self._by_task: dict[bytes, _Channel] = {}
         self._lock = threading.Lock()
@@ -102,15 +106,15 @@ class ActorClient:
         """Ask the head to start an actor; named ones are checked before returning (off-loop)."""
         from asyncray._actor.handle import ActorHandle
 
-        core = self.core
+        links = self.links
         ch = self._channel(actor_id, meta["class_name"])
         ch.ctor_refs = ctor_refs or None
         done: Any = None
-        if name and not core.on_loop_thread():
+        if name and not links.on_loop_thread():
             import concurrent.futures
 
             done = concurrent.futures.Future()
-        core.call_soon(self._register, ch, name, namespace, get_if_exists, meta, spec, deps, done)
+        links.call_soon(self._register, ch, name, namespace, get_if_exists, meta, spec, deps, done)
         if done is not None:
             result = done.result()
             if isinstance(result, BaseException):
@@ -118,17 +122,15 @@ class ActorClient:
             if result.get("existing"):
                 entry = result["existing"]
                 self._channels.pop(actor_id, None)
-                return ActorHandle(entry["actor_id"], entry["meta"], core)
-        return ActorHandle(actor_id, meta, core, owned=not (name or spec["detached"]))
+                return ActorHandle(entry["actor_id"], entry["meta"], self)
+        return ActorHandle(actor_id, meta, self, owned=not (name or spec["detached"]))
 
     def _register(
         self, ch: _Channel, name: str, namespace: str, get_if_exists: bool,
         meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef], done: Any,
     ) -> None:
-        core = self.core
-
         def send() -> None:
-            descs = {ref.id: core._entry_for(ref).desc for ref in deps}
+            descs = {ref.id: self.objects.entry_for(ref).desc for ref in deps}
             for d in descs.values():
                 if d is not None and d[0] == ser.ERROR:
                     self._die(ch, d)
@@ -137,16 +139,17 @@ class ActorClient:
                     return
             spec["args"] = [descs[a[1]] if a[0] == ser.REF else a for a in spec["args"]]
             spec["kwargs"] = {k: descs[a[1]] if a[0] == ser.REF else a for k, a in spec["kwargs"].items()}
-            assert core.head is not None
-            fut = core.head.request(
-                m.CreateActorRequest(
+            try:
+                fut = self.links.request_head(m.CreateActorRequest(
                     rid=0, actor_id=ch.actor_id, name=name, namespace=namespace,
                     get_if_exists=get_if_exists, meta=meta, spec=spec,
-                )
-            )
+                ))
+            except ConnectionLost as exc:
+                fut = self.links.loop.create_future()
+                fut.set_exception(exc)
             fut.add_done_callback(lambda f: self._registered(ch, f, done))
 
-        core._watch(deps, len(deps), send)
+        self.objects.watch(deps, len(deps), send)
 
     def _registered(self, ch: _Channel, fut: asyncio.Future[Any], done: Any) -> None:
         exc = fut.exception()
@@ -167,7 +170,7 @@ class ActorClient:
         with self._lock:
             spec.seq = ch.next_seq
             ch.next_seq += 1
-        return self.core.submit(spec)
+        return self.tasks.submit(spec)
 
     def dispatch(self, spec: TaskSpec) -> None:
         """The call's arguments are ready (or it failed or was cancelled): send in order."""
@@ -181,13 +184,13 @@ class ActorClient:
                 spec = ch.ready.pop(ch.send_seq)
                 ch.send_seq += 1
                 if spec.state is not TaskState.FINISHED:
-                    self.core._finish(spec, [ch.dead] * len(spec.return_ids))
+                    self.tasks.finish(spec, [ch.dead] * len(spec.return_ids))
             return
         conn = ch.conn
         if conn is None or not conn.is_open:
             if ch.send_seq in ch.ready and not ch.resolving:
                 ch.resolving = True
-                self.core.spawn(self._resolve(ch))
+                self.links.spawn(self._resolve(ch), "resolve-actor")
             return
         while ch.send_seq in ch.ready:
             spec = ch.ready.pop(ch.send_seq)
@@ -199,18 +202,17 @@ class ActorClient:
             spec.worker_pid, spec.node_id = ch.pid, ch.node_id
             ch.inflight[spec.task_id] = spec
             self._by_task[spec.task_id] = ch
-            conn.send(self.core._push_message(conn, spec))
+            conn.send(self.tasks.push_message(conn, spec))
 
     async def _resolve(self, ch: _Channel) -> None:
         """Learn where the actor lives now (or that it is dead), then send what waits."""
-        core = self.core
+        links = self.links
         try:
-            assert core.head is not None
-            entry = await core.head.request(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
+            entry = await links.request_head(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
             if entry["state"] == "DEAD":
                 self._die(ch, ser.error_descriptor(death_error(ch, entry)))
                 return
-            conn = await core._peer(entry["address"])
+            conn = await links.peer(entry["address"])
         except (OSError, ConnectionLost, RemoteCallError) as exc:
             self._die(ch, ser.error_descriptor(ActorDiedError(f"actor {ch.class_name} cannot be reached: {exc}")))
             return
@@ -230,7 +232,7 @@ class ActorClient:
         ch = self._by_task.pop(msg.task_id)
         spec = ch.inflight.pop(msg.task_id, None)
         if spec is not None:
-            self.core._finish(spec, msg.results, msg.contained, ch.address)
+            self.tasks.finish(spec, msg.results, msg.contained, ch.address)
         self._maybe_release(ch)
 
     def connection_lost(self, conn: Connection) -> None:
@@ -243,24 +245,23 @@ class ActorClient:
             ch.inflight.clear()
             for spec in lost:
                 self._by_task.pop(spec.task_id, None)
-            self.core.spawn(self._after_loss(ch, lost))
+            self.links.spawn(self._after_loss(ch, lost), "actor-lost")
 
     async def _after_loss(self, ch: _Channel, lost: list[TaskSpec]) -> None:
-        core = self.core
+        links, tasks = self.links, self.tasks
         try:
-            assert core.head is not None
-            entry = await core.head.request(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
+            entry = await links.request_head(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
         except (ConnectionLost, RemoteCallError) as exc:
             entry = {"state": "DEAD", "death_cause": f"the head cannot be reached ({exc})", "death_error": None}
         if entry["state"] == "DEAD":
             err = ser.error_descriptor(death_error(ch, entry))
             for spec in lost:
-                core._finish(spec, [err] * len(spec.return_ids))
+                tasks.finish(spec, [err] * len(spec.return_ids))
             self._die(ch, err)
             return
         for spec in lost:
             if spec.cancelled:
-                core._finish(spec, [ser.error_descriptor(TaskCancelledError(f"{spec.fn.name} was cancelled"))] * len(spec.return_ids))
+                tasks.finish(spec, [ser.error_descriptor(TaskCancelledError(f"{spec.fn.name} was cancelled"))] * len(spec.return_ids))
             elif spec.attempt < spec.max_retries:
                 spec.attempt += 1
                 ch.ready[spec.seq] = spec
@@ -270,10 +271,10 @@ class ActorClient:
                     f"actor {ch.class_name}({_ids.short(ch.actor_id)}) died while running {spec.fn.name}"
                     f" and was restarted; the call is not retried (max_task_retries={spec.max_retries})"
                 )
-                core._finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
+                tasks.finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
         ch.incarnation = entry["incarnation"]
         ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
-        ch.conn = await core._peer(entry["address"])
+        ch.conn = await links.peer(entry["address"])
         ch.address = entry["address"]
         self._flush(ch)
 
@@ -282,7 +283,7 @@ class ActorClient:
         ch.ctor_refs = None
         for spec in list(ch.inflight.values()):
             self._by_task.pop(spec.task_id, None)
-            self.core._finish(spec, [desc] * len(spec.return_ids))
+            self.tasks.finish(spec, [desc] * len(spec.return_ids))
         ch.inflight.clear()
         self._flush(ch)
 
@@ -297,8 +298,7 @@ class ActorClient:
     # ------------------------------------------------------------ kill and handle lifetime
     async def kill(self, actor_id: bytes, no_restart: bool, reason: str = "it was killed by asyncray.kill()") -> None:
         """Kill through the head; with no_restart, this process's queued calls fail at once."""
-        assert self.core.head is not None
-        await self.core.head.request(m.KillActor(rid=0, actor_id=actor_id, no_restart=no_restart, reason=reason))
+        await self.links.request_head(m.KillActor(rid=0, actor_id=actor_id, no_restart=no_restart, reason=reason))
         ch = self._channels.get(actor_id)
         if ch is not None and no_restart:
             err = ActorDiedError(f"actor {ch.class_name}({_ids.short(actor_id)}) is dead: {reason}")
@@ -324,16 +324,16 @@ class ActorClient:
         ch.handles -= 1
         if ch.handles <= 0 and not ch.escaped:
             ch.release_when_idle = True
-            self.core.call_soon(self._maybe_release, ch)
+            self.links.call_soon(self._maybe_release, ch)
 
     def _maybe_release(self, ch: _Channel) -> None:
         if not ch.release_when_idle or ch.inflight or ch.ready or ch.dead is not None:
             return
-        if ch.next_seq != ch.send_seq or self.core._closed:
+        if ch.next_seq != ch.send_seq or self.links.closed:
             return  # calls still being prepared
         ch.dead = ser.error_descriptor(ActorDiedError(f"actor {ch.class_name} went out of scope"))
         ch.ctor_refs = None
-        self.core.spawn(self.kill(ch.actor_id, True, "all handles to it went out of scope"))
+        self.links.spawn(self.kill(ch.actor_id, True, "all handles to it went out of scope"), "release-actor")
 
 
 def death_error(ch: _Channel, entry: dict[str, Any]) -> ActorDiedError:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
 from asyncray._client import context
 from asyncray._client.options import ACTOR_OPTIONS, METHOD_OPTIONS, resources_of, validate
 from asyncray._client.remote_function import require_core
 from asyncray._client.task_spec import FunctionDescriptor, encode_args
+
+if TYPE_CHECKING:
+    from asyncray._actor.client import ActorClient
 
 DEFAULT_ASYNC_CONCURRENCY = 1000
 
@@ -78,7 +81,7 @@ class ActorClass:
         if name and not isinstance(name, str):
             raise ValueError(f"actor name must be a string, got {type(name).__name__}")
         namespace = opts.get("namespace") or getattr(core, "namespace", "default")
-        arg_descs, kw_descs, deps, contained = encode_args(core, f"{self._cls.__name__}.__init__", args, kwargs)
+        arg_descs, kw_descs, deps, contained = encode_args(core.objects, f"{self._cls.__name__}.__init__", args, kwargs)
         meta = dict(self._meta)
         meta["max_task_retries"] = opts.get("max_task_retries") or 0
         default_conc = DEFAULT_ASYNC_CONCURRENCY if meta["is_async"] else 1
@@ -124,13 +127,13 @@ class ActorHandle:
     Handles are values: pass them to tasks and other actors and call them there.
     """
 
-    def __init__(self, actor_id: bytes, meta: dict[str, Any], core: Any, *, owned: bool = False) -> None:
+    def __init__(self, actor_id: bytes, meta: dict[str, Any], actors: ActorClient | None, *, owned: bool = False) -> None:
         self._actor_id = actor_id
         self._meta = meta
-        self._core = core
+        self._actors = actors
         self._owned = owned
-        if core is not None and owned:
-            core.actors.handle_created(actor_id)
+        if actors is not None and owned:
+            actors.handle_created(actor_id)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):
@@ -153,14 +156,14 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __reduce__(self) -> Any:
-        if self._core is not None:
-            self._core.actors.handle_escaped(self._actor_id)
+        if self._actors is not None:
+            self._actors.handle_escaped(self._actor_id)
         return (_rebuild_handle, (self._actor_id, self._meta))
 
     def __del__(self) -> None:
-        if self._owned and self._core is not None:
+        if self._owned and self._actors is not None:
             try:
-                self._core.actors.handle_dropped(self._actor_id)
+                self._actors.handle_dropped(self._actor_id)
             except Exception:  # interpreter shutdown
                 pass
 
@@ -184,7 +187,7 @@ class ActorMethod:
         core = require_core(f"{h._meta['class_name']}.{self._name}.remote()")
         num_returns = self._options.get("num_returns", 1)
         label = f"{h._meta['class_name']}.{self._name}"
-        spec = core.make_spec(
+        spec = core.tasks.make_spec(
             FunctionDescriptor(name=label, blob=b"", fn_id=b""), args, kwargs,
             num_returns=num_returns, resources={},
             max_retries=self._options.get("max_task_retries", h._meta.get("max_task_retries", 0)),
@@ -209,7 +212,8 @@ class ActorMethod:
 
 
 def _rebuild_handle(actor_id: bytes, meta: dict[str, Any]) -> ActorHandle:
-    return ActorHandle(actor_id, meta, context.get_core())
+    core = context.get_core()
+    return ActorHandle(actor_id, meta, core.actors if core is not None else None)
 
 
 async def lookup_actor(core: Any, name: str, namespace: str | None) -> ActorHandle:
@@ -222,7 +226,7 @@ async def lookup_actor(core: Any, name: str, namespace: str | None) -> ActorHand
     entry = await core.head.request(m.LookupActor(rid=0, name=name, namespace=ns))
     if entry is None:
         raise ValueError(f"no live actor named {name!r} in namespace {ns!r}")
-    return ActorHandle(entry["actor_id"], entry["meta"], core)
+    return ActorHandle(entry["actor_id"], entry["meta"], core.actors)
 
 
 async def kill_actor(core: Any, handle: Any, no_restart: bool) -> None:

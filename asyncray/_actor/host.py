@@ -89,7 +89,7 @@ class ActorHost:
                 finally:
                     context.current_task.reset(token)
 
-            await self.core.localize([*msg.args, *msg.kwargs.values()])
+            await self.core.objects.localize([*msg.args, *msg.kwargs.values()])
             self.instance = await loop.run_in_executor(self._side_thread, build)
         except BaseException as exc:
             desc = failure_descriptor(exc, f"{self.class_name}.__init__")
@@ -129,7 +129,7 @@ class ActorHost:
         # Note: a later call without remote arguments may overtake this one (rare: only
         # calls whose arguments live on another node wait here).
         try:
-            await self.core.localize([*msg.args, *msg.kwargs.values()])
+            await self.core.objects.localize([*msg.args, *msg.kwargs.values()])
         except BaseException:
             self.mailbox -= 1
             raise

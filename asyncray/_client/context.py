@@ -29,6 +29,12 @@ class TaskContext:
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("asyncray_task", default=None)
 
 
+def current_job_id(default: bytes) -> bytes:
+    """The job of whatever runs now: the running task's (or its actor's), else ``default``."""
+    task = current_task.get()
+    return task.job_id if task is not None and task.job_id else default
+
+
 def set_core(core: Core | None) -> None:
     """Install (or clear) the process's core."""
     global _core

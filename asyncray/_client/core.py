@@ -1,12 +1,18 @@
-"""The per-process runtime core: owns objects, submits tasks on leased workers, serves borrowers.
+"""The per-process runtime core: the parts that own objects, tasks and actor calls, wired together.
 
-Every driver and every worker has exactly one. Threading rule: the event loop thread owns
-all state transitions; other threads only (a) create new entries for refs they mint,
-(b) read ``_Entry.desc`` (a single attribute read, atomic under the GIL), and (c) queue work
-for the loop with one cheap wake-up per batch (PERF-NOTES: 1.4 us, not a 31-68 us round trip).
+Every driver and every worker has exactly one. The core holds the process's connections
+(node, head, peers), its loop and the message dispatch; it owns its parts by composition and
+gives each the same narrow interface (``CoreLinks``, which the core implements):
 
-The object half lives in ``objects.py`` and the task half in ``submit.py``; this module
-holds the process's state, its connections and the message dispatch.
+* ``objects`` (``objects.py``): entries, ref counts, borrowers, notices, waiting for values;
+* ``tasks`` (``submit.py``): queues, leases, pipelining, retries of tasks;
+* ``actors`` (``_actor/client.py``): one ordered channel per actor, actor deaths;
+* ``reporter`` (``reports.py``): what the head learns about this process's tasks and objects.
+
+Threading rule: the event loop thread owns all state transitions; other threads only (a)
+create new entries for refs they mint, (b) read ``_Entry.desc`` (a single attribute read,
+atomic under the GIL), and (c) queue work for the loop with one cheap wake-up per batch
+(PERF-NOTES: 1.4 us, not a 31-68 us round trip).
 """
 
 from __future__ import annotations
@@ -16,33 +22,27 @@ import logging
 import os
 import sys
 import threading
-import time
-import weakref
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asyncray import _ids
+from asyncray._actor.client import ActorClient
 from asyncray._client import context
-from asyncray._client.objects import ObjectTable, _BorrowNotice, _Entry, _LoopBridge, peer_address
-from asyncray._client.ref import ObjectRef
-from asyncray._client.submit import RECLAIM_WINDOW_S, TaskSubmitter, _Lease, _SchedQueue
-from asyncray._client.task_spec import TaskSpec
+from asyncray._client.objects import ObjectTable, peer_address
+from asyncray._client.reports import TaskReporter
+from asyncray._client.submit import TaskSubmitter
 from asyncray._service import supervised
 from asyncray._store import serialization as ser
 from asyncray._store.shm import ObjectStore
-from asyncray._threads import snapshot
 from asyncray._wire import messages as m
-from asyncray._wire.connection import Connection, connect, serve
-from asyncray.exceptions import (
-    ObjectLostError,
-)
+from asyncray._wire.connection import Connection, ConnectionLost, connect, serve
+from asyncray.exceptions import ObjectLostError
 
 log = logging.getLogger(__name__)
 
 
-class Core(ObjectTable, TaskSubmitter):
-    """The runtime of one process (driver or worker)."""
+class Core:
+    """The runtime of one process (driver or worker); implements ``CoreLinks`` for its parts."""
 
     def __init__(
         self,
@@ -72,45 +72,31 @@ class Core(ObjectTable, TaskSubmitter):
         self.worker_id = worker_id or _ids.new_id()
         self.job_id = job_id or _ids.new_id()[:4]
         self.log_to_driver = log_to_driver
-        self.store = ObjectStore(store_dir, node_id=node_id, spill_dir=spill_dir)
-        self.store.on_write = self._announce_object
-        self.store.reserve = self._reserve_space
         self.address = ""
         self.executor: Any = None  # set by the worker process
         self.on_node_lost: Callable[[], None] | None = None  # the worker exits then
-        from asyncray._actor.client import ActorClient
-
-        self.actors = ActorClient(self)
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.node: Connection | None = None
         self.head: Connection | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._objects: dict[bytes, _Entry] = {}
-        self._refcounts: dict[bytes, int] = {}
-        self._inbox: deque[TaskSpec] = deque()
-        self._wake_pending = False
-        self._queues: dict[tuple[Any, ...], _SchedQueue] = {}
-        self._running: dict[bytes, tuple[TaskSpec, _Lease]] = {}
-        self._by_return: dict[bytes, TaskSpec] = {}
         self._peers: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
-        self._sweep_handle: asyncio.TimerHandle | None = None
-        self._reclaim_until = 0.0
-        self._spread_next = 0
-        self._live: dict[bytes, TaskSpec] = {}
-        self._borrowed_from: dict[bytes, str] = {}
-        self._borrow_out: dict[str, _BorrowNotice] = {}
-        self._borrow_flush = False
-        self._notice_lock = threading.Lock()  # borrow and free notices are queued from any thread
         self._incoming: set[Connection] = set()
-        self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}
-        self._finished_events: list[list[Any]] = []
-        self._view: list[dict[str, Any]] = []
-        self._view_at = 0.0
-        self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+
+        self.store = ObjectStore(store_dir, node_id=node_id, spill_dir=spill_dir)
+        self.objects = ObjectTable(self, self.store)
+        self.store.on_write = self.objects.announce_object
+        self.store.reserve = self.objects.reserve_space
+        self.tasks = TaskSubmitter(
+            self, self.objects, self.store,
+            route_actor_call=lambda spec: self.actors.dispatch(spec),
+            cancel_actor_call=lambda spec, force: self.actors.cancel(spec, force),
+        )
+        self.actors = ActorClient(self, self.objects, self.tasks)
+        self.reporter = TaskReporter(self, self.objects, self.tasks, self._actor_stats)
 
     async def start(self) -> None:
         """Listen for peers and connect to the node and head."""
@@ -135,17 +121,16 @@ class Core(ObjectTable, TaskSubmitter):
         self.head.send(m.OwnerPrefix(prefix=_ids.new_id()[:8]))  # our objects go with us
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
-        self.spawn(supervised(f"{self.role} task report", self._report_loop, log))
+        self.spawn(supervised(f"{self.role} task report", self.reporter.run, log), "task-report")
 
     async def stop(self) -> None:
         """Close every connection; fail whatever still waits."""
         if self._closed:
             return
         self._closed = True
-        if self.head is not None and self.head.is_open and (self._live or self._finished_events):
-            self.head.send(self._task_report())  # a driver that exits at once still shows its tasks
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
+        if self.tasks.has_news():
+            self.send_head(self.reporter.report())  # a driver that exits at once still shows its tasks
+        self.tasks.stop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -157,21 +142,25 @@ class Core(ObjectTable, TaskSubmitter):
         for conn in (self.node, self.head):
             if conn is not None:
                 conn.close()
-        if self.store is not None:
-            self.store.close()
-        lost = ser.error_descriptor(ObjectLostError("the runtime was shut down before this object was ready"))
-        for entry in snapshot(self._objects).values():
-            if entry.desc is None:
-                self._resolve_entry(entry, lost)
+        self.store.close()
+        self.objects.fail_unresolved(
+            ser.error_descriptor(ObjectLostError("the runtime was shut down before this object was ready"))
+        )
         if self.address.startswith("unix:"):
             try:
                 os.unlink(self.address[5:])
             except FileNotFoundError:
                 pass
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Run a coroutine owned by the core (cancelled at stop)."""
-        task = self.loop.create_task(coro)
+    # ------------------------------------------------------------ CoreLinks, for the parts
+    @property
+    def closed(self) -> bool:
+        """True once the core is stopping."""
+        return self._closed
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
+        """Run a coroutine owned by the core (cancelled at stop; a failure is logged)."""
+        task = self.loop.create_task(coro, name=name or None)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -183,8 +172,7 @@ class Core(ObjectTable, TaskSubmitter):
 
     def current_job_id(self) -> bytes:
         """The job of whatever runs now: the task's (or actor's) job in a worker, else this process's."""
-        task = context.current_task.get()
-        return task.job_id if task is not None and task.job_id else self.job_id
+        return context.current_job_id(self.job_id)
 
     def on_loop_thread(self) -> bool:
         """True when called from the thread that runs the core's loop."""
@@ -197,7 +185,7 @@ class Core(ObjectTable, TaskSubmitter):
         else:
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def _route_to(self, address: str) -> Connection | None:
+    def route_to(self, address: str) -> Connection | None:
         """An open connection to a peer: the one it opened to us first (keeps order with its
         tasks' replies), else one we opened."""
         for conn in self._incoming:
@@ -206,11 +194,38 @@ class Core(ObjectTable, TaskSubmitter):
         conn = self._peers.get(address)
         return conn if conn is not None and conn.is_open else None
 
-    def _send_node(self, msg: m.Message) -> None:
+    def node_connection(self) -> Connection:
+        """The connection to our node (ConnectionLost when it is down)."""
+        if self.node is None or not self.node.is_open:
+            raise ConnectionLost(f"the connection to this process's node at {self.node_address} is down")
+        return self.node
+
+    def send_node(self, msg: m.Message) -> bool:
+        """Send to our node; False when that connection is down."""
         if self.node is not None and self.node.is_open:
             self.node.send(msg)
+            return True
+        return False
 
-    async def _peer(self, address: str) -> Connection:
+    def send_head(self, msg: m.Message) -> bool:
+        """Send to the head; False when that connection is down."""
+        if self.head is not None and self.head.is_open:
+            self.head.send(msg)
+            return True
+        return False
+
+    def request_node(self, msg: m.Message) -> asyncio.Future[Any]:
+        """A request to our node (ConnectionLost when the connection is down)."""
+        return self.node_connection().request(msg)
+
+    def request_head(self, msg: m.Message) -> asyncio.Future[Any]:
+        """A request to the head (ConnectionLost when the connection is down)."""
+        if self.head is None or not self.head.is_open:
+            raise ConnectionLost(f"the connection to the head at {self.head_address} is down")
+        return self.head.request(msg)
+
+    async def peer(self, address: str) -> Connection:
+        """A connection to the process listening at ``address`` (one per peer, opened once)."""
         conn = self._peers.get(address)
         if conn is not None and conn.is_open:
             return conn
@@ -242,10 +257,11 @@ class Core(ObjectTable, TaskSubmitter):
             if c is conn:
                 del self._peers[addr]
         address = peer_address(conn)
-        if address and self._route_to(address) is None:  # its last connection to us: it is gone
-            self._borrower_gone(address)
-        self._release_handoffs(conn)
-        self._worker_lost(conn)
+        if address and self.route_to(address) is None:  # its last connection to us: it is gone
+            self.objects.borrower_gone(address)
+        self.objects.release_handoffs(conn)
+        self.tasks.worker_lost(conn)
+        self.actors.connection_lost(conn)
         if self.executor is not None:
             self.executor.connection_lost(conn)
 
@@ -257,25 +273,28 @@ class Core(ObjectTable, TaskSubmitter):
         t = type(msg)
         if t is m.TaskDone:
             if self.actors.owns_task(msg.task_id):  # type: ignore[attr-defined]
-                self.actors.on_task_done(msg)
+                self.actors.on_task_done(msg)  # type: ignore[arg-type]
             else:
-                self._on_task_done(msg)  # type: ignore[arg-type]
+                self.tasks.on_task_done(msg)  # type: ignore[arg-type]
         elif t is m.PushTask or t is m.CancelTask or t is m.CreateActor:
             if self.executor is None:
                 log.warning("%s got %s but runs no tasks", self.role, t.__name__)
                 return
             self.executor.handle(conn, msg)
         elif t is m.Borrow:
-            self._on_borrow(conn, msg)  # type: ignore[arg-type]
+            self.objects.on_borrow(conn, msg)  # type: ignore[arg-type]
         elif t is m.GetObject:
-            self._serve_object(conn, msg)  # type: ignore[arg-type]
+            self.objects.serve_object(conn, msg)  # type: ignore[arg-type]
         elif t is m.LogLines:
             self._print_logs(msg)  # type: ignore[arg-type]
         elif t is m.ReclaimIdle:
-            self._reclaim_until = time.monotonic() + RECLAIM_WINDOW_S
-            self._sweep_idle_leases(all_of_them=True)
+            self.tasks.reclaim_idle()
         else:
             log.warning("%s: unexpected %s", self.role, t.__name__)
+
+    def _actor_stats(self) -> dict[str, Any] | None:
+        host = self.executor.actor_host if self.executor is not None else None
+        return host.stats() if host is not None else None
 
     def _print_logs(self, msg: m.LogLines) -> None:
         for prefix, stream, text in msg.lines:

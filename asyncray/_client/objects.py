@@ -12,12 +12,14 @@ import concurrent.futures
 import functools
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
+from asyncray._client.links import CoreLinks
 from asyncray._client.ref import ObjectRef
 from asyncray._store import serialization as ser
 from asyncray._threads import snapshot
@@ -28,6 +30,9 @@ from asyncray.exceptions import (
     ObjectLostError,
     SerializationError,
 )
+
+if TYPE_CHECKING:
+    from asyncray._store.shm import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ _HEAD = "<head>"  # the notice "peer" for objects we freed (ObjectsFreed)
 class _Entry:
     """One object this process knows: its descriptor once ready, and who waits for it."""
 
-    __slots__ = ("borrowers", "contained", "desc", "fetching", "owned", "pinned", "waiters")
+    __slots__ = ("borrowers", "contained", "desc", "fetching", "owned", "pending", "pinned", "waiters")
 
     def __init__(self, owned: bool, desc: list[Any] | None = None) -> None:
         self.desc = desc
@@ -67,6 +72,7 @@ class _Entry:
         self.fetching = False
         self.borrowers: dict[str, int] | None = None  # owner side: borrower address -> count
         self.contained: list[ObjectRef] | None = None  # refs inside this value, kept while it lives
+        self.pending = False  # a result of our task still running: it frees itself on arrival
 
 
 class _LoopBridge:
@@ -76,8 +82,8 @@ class _LoopBridge:
     ``asyncio.gather`` over 10,000 refs they are batched: one wake-up per burst each way.
     """
 
-    def __init__(self, core: Any, caller: asyncio.AbstractEventLoop) -> None:
-        self.core = core
+    def __init__(self, table: ObjectTable, caller: asyncio.AbstractEventLoop) -> None:
+        self.table = table
         self.caller = caller
         self._to_core: deque[tuple[ObjectRef, asyncio.Future[None]]] = deque()
         self._to_caller: deque[asyncio.Future[None]] = deque()
@@ -89,14 +95,14 @@ class _LoopBridge:
         self._to_core.append((ref, fut))
         if not self._core_wake:
             self._core_wake = True
-            self.core.loop.call_soon_threadsafe(self._drain_core)
+            self.table.links.loop.call_soon_threadsafe(self._drain_core)
 
     def _drain_core(self) -> None:
         self._core_wake = False
         queue = self._to_core
         while queue:
             ref, fut = queue.popleft()
-            self.core._when_ready(ref, functools.partial(self._ready, fut))
+            self.table.when_ready(ref, functools.partial(self._ready, fut))
 
     def _ready(self, fut: asyncio.Future[None]) -> None:
         self._to_caller.append(fut)
@@ -117,7 +123,28 @@ class _LoopBridge:
 
 
 class ObjectTable:
-    """The object half of the core (mixed into ``Core``; state lives there)."""
+    """Every object this process knows: entries, ref counts, borrowers, notices, waiting.
+
+    Threading: the core's loop owns state changes; other threads only add entries for refs
+    they mint, read ``_Entry.desc`` (one attribute read), count refs, and queue notices.
+    """
+
+    def __init__(self, links: CoreLinks, store: ObjectStore) -> None:
+        self.links = links
+        self.store = store
+        self._objects: dict[bytes, _Entry] = {}
+        self._refcounts: dict[bytes, int] = {}
+        self._borrowed_from: dict[bytes, str] = {}  # borrowed object -> its owner's address
+        self._borrow_out: dict[str, _BorrowNotice] = {}
+        self._borrow_flush = False
+        self._notice_lock = threading.Lock()  # borrow and free notices are queued from any thread
+        self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}
+        self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
+
+    @property
+    def address(self) -> str:
+        """This process's address: refs it mints are owned here."""
+        return self.links.address
 
     def incref(self, object_id: bytes, owner: str) -> None:
         """A new ObjectRef to this object exists in this process (any thread)."""
@@ -148,7 +175,7 @@ class ObjectTable:
         entry = self._objects.get(object_id)
         if entry is None or entry.pinned or entry.waiters or entry.borrowers or object_id in self._refcounts:
             return
-        if entry.owned and object_id in self._by_return:
+        if entry.pending:
             return  # the task is still running; its result frees itself on arrival
         self._objects.pop(object_id, None)
         entry.contained = None
@@ -175,7 +202,7 @@ class ObjectTable:
             schedule = not self._borrow_flush
             self._borrow_flush = True
         if schedule:
-            self.call_soon(self._flush_borrows)
+            self.links.call_soon(self._flush_borrows)
 
     def _flush_borrows(self) -> None:
         with self._notice_lock:
@@ -183,23 +210,22 @@ class ObjectTable:
             self._borrow_flush = False
         for address, notice in out.items():
             if address == _HEAD:
-                if self.head is not None and self.head.is_open:
-                    self.head.send(m.ObjectsFreed(object_ids=notice.freed))
+                self.links.send_head(m.ObjectsFreed(object_ids=notice.freed))
                 continue
             msg = m.Borrow(add=notice.add, drop=notice.drop, handoff=notice.handoff, released=notice.released)
-            conn = self._route_to(address)
+            conn = self.links.route_to(address)
             if conn is not None:
                 conn.send(msg)
-            elif not self._closed:
-                self.spawn(self._send_borrow_later(address, msg))
+            elif not self.links.closed:
+                self.links.spawn(self._send_borrow_later(address, msg), "send-borrow-notice")
 
     async def _send_borrow_later(self, owner: str, msg: m.Borrow) -> None:
         try:
-            (await self._peer(owner)).send(msg)
+            (await self.links.peer(owner)).send(msg)
         except OSError:
             pass  # the owner is gone, and its objects with it
 
-    def _on_borrow(self, conn: Connection, msg: m.Borrow) -> None:
+    def on_borrow(self, conn: Connection, msg: m.Borrow) -> None:
         """Owner side: a borrower started or stopped holding refs to our objects."""
         who = peer_address(conn)
         # Counts per borrower may dip below zero for a moment: a borrower's add and drop can
@@ -263,7 +289,8 @@ class ObjectTable:
         for ref in refs:
             self._handoff.setdefault(ref.id, []).append((conn, ref))
 
-    def _release_handoffs(self, conn: Connection) -> None:
+    def release_handoffs(self, conn: Connection) -> None:
+        """A caller's connection closed: the refs we held for it are free to go."""
         for oid, holds in snapshot(self._handoff).items():
             keep = [(c, r) for c, r in holds if c is not conn]
             if keep:
@@ -271,7 +298,7 @@ class ObjectTable:
             else:
                 del self._handoff[oid]
 
-    def _borrower_gone(self, address: str) -> None:
+    def borrower_gone(self, address: str) -> None:
         """A borrower's process is gone: it holds nothing any more."""
         for oid, entry in snapshot(self._objects).items():
             if entry.borrowers and address in entry.borrowers:
@@ -302,39 +329,102 @@ class ObjectTable:
             self._objects[ref.id].contained = contained
         return ref
 
+    def add_pending(self, object_ids: list[bytes]) -> list[ObjectRef]:
+        """Entries (and refs) for the results of a task just submitted (any thread)."""
+        refs = []
+        objects, address = self._objects, self.links.address
+        for oid in object_ids:
+            entry = objects[oid] = _Entry(owned=True)
+            entry.pending = True
+            refs.append(ObjectRef(oid, address, self))
+        return refs
+
+    def set_result(self, object_id: bytes, desc: list[Any], inner: list[ObjectRef] | None) -> None:
+        """A task's result arrived: store it in its entry and wake waiters (loop thread).
+
+        ``inner``: refs inside the value, which live as long as it does. A result nobody
+        holds a ref to any more is freed at once.
+        """
+        entry = self._objects.get(object_id)
+        if entry is None:
+            if desc[0] == ser.STORED:
+                self.free_stored(object_id)  # nobody holds a ref any more
+            return  # (refs inside it are dropped with ``inner``)
+        entry.pending = False
+        if inner:
+            entry.contained = inner
+        self.resolve(entry, desc)
+        self._maybe_free(object_id)
+
+    def refs(self, pairs: list[list[Any]]) -> list[ObjectRef]:
+        """Refs for ``[object_id, owner]`` pairs (refs found inside a result)."""
+        return [ObjectRef(oid, owner, self) for oid, owner in pairs]
+
+    def descriptor(self, object_id: bytes) -> list[Any] | None:
+        """The value descriptor of a ready object known here, else None (any thread)."""
+        entry = self._objects.get(object_id)
+        return entry.desc if entry is not None else None
+
+    def owns_any(self) -> bool:
+        """True while this process owns objects (others may still need it to serve them)."""
+        return any(e.owned for e in snapshot(self._objects).values())
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def stored_report(self, limit: int) -> list[list[Any]]:
+        """What this process owns in shared memory: ``[id, size, local refs, borrowers]``."""
+        stored = []
+        refcounts = self._refcounts
+        for oid, entry in snapshot(self._objects).items():
+            desc = entry.desc
+            if entry.owned and desc is not None and desc[0] == ser.STORED:
+                borrowers = len(entry.borrowers) if entry.borrowers else 0
+                stored.append([oid, int(desc[2]), refcounts.get(oid, 0), borrowers])
+                if len(stored) >= limit:
+                    break
+        return stored
+
+    def fail_unresolved(self, desc: list[Any]) -> None:
+        """The core stops: everything still waited for gets ``desc`` (an error)."""
+        for entry in snapshot(self._objects).values():
+            if entry.desc is None:
+                self.resolve(entry, desc)
+
     def put_serialized(self, value: Any, pickled: tuple[bytes, list[Any]]) -> ObjectRef:
         """Store an already pickled value (inline when small, else in the node's store)."""
         object_id = _ids.new_id()
         desc = ser.make_descriptor(value, self.store, object_id, already=pickled)
         self._objects[object_id] = _Entry(owned=True, desc=desc)
-        return ObjectRef(object_id, self.address, self)
+        return ObjectRef(object_id, self.links.address, self)
 
-    def _entry_for(self, ref: ObjectRef) -> _Entry:
+    def entry_for(self, ref: ObjectRef) -> _Entry:
         """The entry for a ref, fetching borrowed values from their owner (loop thread)."""
         entry = self._objects.get(ref.id)
         if entry is not None:
             return entry
-        if ref.owner == self.address:
+        if ref.owner == self.links.address:
             entry = _Entry(owned=True, desc=ser.error_descriptor(ObjectLostError(f"object {ref.hex()} was freed")))
             return entry
         entry = _Entry(owned=False)
         self._objects[ref.id] = entry
         entry.fetching = True
-        self.spawn(self._fetch(ref, entry))
+        self.links.spawn(self._fetch(ref, entry), "fetch-borrowed")
         return entry
 
     async def _fetch(self, ref: ObjectRef, entry: _Entry) -> None:
         try:
-            conn = await self._peer(ref.owner)
+            conn = await self.links.peer(ref.owner)
             desc = await conn.request(m.GetObject(rid=0, object_id=ref.id))
         except (OSError, ConnectionLost, RemoteCallError) as exc:
             desc = ser.error_descriptor(
                 ObjectLostError(f"object {ref.hex()} is lost: its owner at {ref.owner} cannot be reached ({exc})")
             )
         entry.fetching = False
-        self._resolve_entry(entry, desc)
+        self.resolve(entry, desc)
 
-    def _resolve_entry(self, entry: _Entry, desc: list[Any]) -> None:
+    def resolve(self, entry: _Entry, desc: list[Any]) -> None:
+        """Set an entry's outcome and call whoever waits for it (loop thread)."""
         entry.desc = desc
         waiters, entry.waiters = entry.waiters, []
         for cb in waiters:
@@ -343,9 +433,9 @@ class ObjectTable:
             except Exception:
                 log.exception("object waiter failed")
 
-    def _when_ready(self, ref: ObjectRef, cb: Callable[[], None]) -> None:
+    def when_ready(self, ref: ObjectRef, cb: Callable[[], None]) -> None:
         """Call ``cb`` on the loop once the ref's value (or error) is known."""
-        entry = self._entry_for(ref)
+        entry = self.entry_for(ref)
         if entry.desc is not None:
             cb()
         else:
@@ -363,9 +453,9 @@ class ObjectTable:
             raise ObjectLostError(f"object {ref.hex()} is not available here")
         desc = entry.desc
         if ser.is_remote(desc, self.store):
-            if self.on_loop_thread():
+            if self.links.on_loop_thread():
                 raise RuntimeError("a remote object must be localized (await core.localize) before loading on the loop")
-            asyncio.run_coroutine_threadsafe(self.localize([desc]), self.loop).result()
+            asyncio.run_coroutine_threadsafe(self.localize([desc]), self.links.loop).result()
         return ser.load_descriptor(desc, self.store)
 
     async def localize(self, descs: Iterable[list[Any]]) -> None:
@@ -377,15 +467,17 @@ class ObjectTable:
         remote = [d for d in descs if ser.is_remote(d, self.store)]
         if not remote:
             return
-        assert self.node is not None
         results = await asyncio.gather(
-            *(self.node.request(m.FetchObject(rid=0, object_id=d[1], node_id=d[3], size=int(d[2]))) for d in remote),
+            *(self._fetch_copy(d) for d in remote),
             return_exceptions=True,
         )
         for desc, res in zip(remote, results, strict=True):
             if isinstance(res, BaseException):
                 err = ObjectLostError(f"object {desc[1].hex()} is lost: {res}")
                 desc[:] = ser.error_descriptor(err)
+
+    async def _fetch_copy(self, desc: list[Any]) -> Any:
+        return await self.links.request_node(m.FetchObject(rid=0, object_id=desc[1], node_id=desc[3], size=int(desc[2])))
 
     def holds_error(self, ref: ObjectRef) -> bool:
         """True when a ready ref's outcome is an error."""
@@ -402,35 +494,36 @@ class ObjectTable:
         descs = [e.desc for r in refs if (e := self._objects.get(r.id)) is not None and e.desc is not None]
         if not any(ser.is_remote(d, self.store) for d in descs):
             return
-        if asyncio.get_running_loop() is self.loop:
+        if asyncio.get_running_loop() is self.links.loop:
             await self.localize(descs)
         else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.localize(descs), self.loop))
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.localize(descs), self.links.loop))
 
-    def _reserve_space(self, size: int) -> dict[str, Any]:
+    def reserve_space(self, size: int) -> dict[str, Any]:
         """Ask the node for room before writing a large object (blocking; any thread but the loop).
 
         On the loop thread (an ``async def`` task returning a large value) the write goes
         ahead unreserved: the node measures the store directly, so it is still counted.
         """
-        if self.on_loop_thread() or self.node is None or not self.node.is_open:
+        links = self.links
+        if links.on_loop_thread():
             return {}
-        node = self.node
 
         async def ask() -> Any:
-            return await node.request(m.ReserveSpace(rid=0, size=size))
+            return await links.request_node(m.ReserveSpace(rid=0, size=size))
 
         try:
-            return dict(asyncio.run_coroutine_threadsafe(ask(), self.loop).result(RESERVE_TIMEOUT_S))
+            return dict(asyncio.run_coroutine_threadsafe(ask(), links.loop).result(RESERVE_TIMEOUT_S))
         except Exception as exc:  # the node is busy or gone: write unreserved, as on the loop
             log.info("no reservation for %d bytes: %s", size, exc)
             return {}
 
-    def _announce_object(self, object_id: bytes, size: int) -> None:
+    def announce_object(self, object_id: bytes, size: int) -> None:
         """Tell the node (and so the head's directory) that this node holds a new object."""
-        self.call_soon(self._send_node, m.ObjectLocation(object_id=object_id, node_id=self.node_id, size=size))
+        links = self.links
+        links.call_soon(links.send_node, m.ObjectLocation(object_id=object_id, node_id=links.node_id, size=size))
 
-    def _watch(self, refs: list[ObjectRef], need: int, done: Callable[[], None]) -> None:
+    def watch(self, refs: list[ObjectRef], need: int, done: Callable[[], None]) -> None:
         """On the loop: call ``done`` once ``need`` of ``refs`` are ready."""
         left = [need]
         if need <= 0:
@@ -443,13 +536,14 @@ class ObjectTable:
                 done()
 
         for ref in refs:
-            self._when_ready(ref, one)
+            self.when_ready(ref, one)
 
     def block_until_ready(self, refs: list[ObjectRef], need: int, timeout: float | None, api: str) -> bool:
         """Block the calling (non-loop) thread until ``need`` refs are ready. False on timeout."""
         if sum(1 for r in refs if self.is_ready(r)) >= need:
             return True
-        if self.on_loop_thread():
+        links = self.links
+        if links.on_loop_thread():
             raise RuntimeError(
                 f"asyncray.{api}() would block the event loop that runs asyncray itself; "
                 f"use 'await asyncray.aio.{api}(...)' (or 'await ref') in async code"
@@ -464,22 +558,22 @@ class ObjectTable:
             if entry.desc is not None:
                 event.set()
         else:
-            self.loop.call_soon_threadsafe(self._watch, refs, need, event.set)
-        blocked = self.role == "worker" and self.node is not None
+            links.loop.call_soon_threadsafe(self.watch, refs, need, event.set)
+        blocked = links.role == "worker"  # a blocked worker lends its CPU out (nested get)
         if blocked:
-            self.loop.call_soon_threadsafe(self._send_node, m.WorkerBlocked(worker_id=self.worker_id))
+            links.loop.call_soon_threadsafe(links.send_node, m.WorkerBlocked(worker_id=links.worker_id))
         try:
             return event.wait(timeout)
         finally:
             if blocked:
-                self.loop.call_soon_threadsafe(self._send_node, m.WorkerUnblocked(worker_id=self.worker_id))
+                links.loop.call_soon_threadsafe(links.send_node, m.WorkerUnblocked(worker_id=links.worker_id))
 
-    def _ready_future(self, ref: ObjectRef) -> asyncio.Future[None]:
+    def ready_future(self, ref: ObjectRef) -> asyncio.Future[None]:
         """A future on the *calling* loop that completes when the ref is ready."""
         caller = asyncio.get_running_loop()
         fut: asyncio.Future[None] = caller.create_future()
-        if caller is self.loop:
-            self._when_ready(ref, lambda: fut.done() or fut.set_result(None))
+        if caller is self.links.loop:
+            self.when_ready(ref, lambda: fut.done() or fut.set_result(None))
         else:
             bridge = self._bridges.get(caller)
             if bridge is None or bridge.caller.is_closed():
@@ -489,7 +583,7 @@ class ObjectTable:
 
     async def get_async(self, refs: list[ObjectRef], timeout: float | None, *, single: bool = False) -> Any:
         """Await the values of refs (one value when ``single``)."""
-        pending = [self._ready_future(r) for r in refs if not self.is_ready(r)]
+        pending = [self.ready_future(r) for r in refs if not self.is_ready(r)]
         if pending and timeout is None:
             for fut in pending:
                 await fut
@@ -513,12 +607,12 @@ class ObjectTable:
             done_fut: asyncio.Future[None] = caller.create_future()
 
             def done() -> None:
-                if caller is self.loop:
+                if caller is self.links.loop:
                     done_fut.done() or done_fut.set_result(None)
                 else:
                     caller.call_soon_threadsafe(lambda: done_fut.done() or done_fut.set_result(None))
 
-            self.call_soon(self._watch, refs, num_returns, done)
+            self.links.call_soon(self.watch, refs, num_returns, done)
             try:
                 await asyncio.wait_for(asyncio.shield(done_fut), timeout)
             except TimeoutError:
@@ -546,10 +640,11 @@ class ObjectTable:
             except BaseException as exc:
                 fut.set_exception(exc)
 
-        self.call_soon(self._when_ready, ref, settle)
+        self.links.call_soon(self.when_ready, ref, settle)
         return fut
 
-    def _serve_object(self, conn: Connection, msg: m.GetObject) -> None:
+    def serve_object(self, conn: Connection, msg: m.GetObject) -> None:
+        """A borrower asks for the value of an object we own (answered once it is ready)."""
         entry = self._objects.get(msg.object_id)
         if entry is None or not entry.owned:
             conn.reply(msg.rid, ser.error_descriptor(ObjectLostError(f"object {msg.object_id.hex()} was freed by its owner")))

@@ -11,7 +11,7 @@ from asyncray._client import context
 from asyncray._store import serialization
 
 if TYPE_CHECKING:
-    from asyncray._client.core import Core
+    from asyncray._client.objects import ObjectTable
 
 
 class ObjectRef:
@@ -21,21 +21,21 @@ class ObjectRef:
     ref is a borrower and asks the owner for it.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_core", "_id", "_owner")
+    __slots__ = ("__weakref__", "_callbacks", "_id", "_objects", "_owner")
 
-    def __init__(self, object_id: bytes, owner: str, core: Core | None) -> None:
+    def __init__(self, object_id: bytes, owner: str, objects: ObjectTable | None) -> None:
         self._id = object_id
         self._owner = owner
-        self._core = core
+        self._objects = objects  # the object table of this process's runtime that counts this ref
         self._callbacks: dict[Any, Any] | None = None
-        if core is not None:
-            core.incref(object_id, owner)
+        if objects is not None:
+            objects.incref(object_id, owner)
 
     def __del__(self) -> None:
-        core = self._core
-        if core is not None:
+        objects = self._objects
+        if objects is not None:
             try:
-                core.decref(self._id)
+                objects.decref(self._id)
             except Exception:  # interpreter shutdown: nothing left to free
                 pass
 
@@ -69,19 +69,19 @@ class ObjectRef:
     def __reduce__(self) -> Any:
         # Pickled inside a task's arguments or a stored value, the ref is collected and kept
         # alive by what holds that value; pickled any other way, its owner pins the object.
-        if not serialization.note_ref(self) and self._core is not None:
-            self._core.ref_escaped(self._id)
+        if not serialization.note_ref(self) and self._objects is not None:
+            self._objects.ref_escaped(self._id)
         return (_rebuild_ref, (self._id, self._owner))
 
-    def _require_core(self) -> Core:
-        if self._core is None:
+    def _require_core(self) -> ObjectTable:
+        if self._objects is None:
             raise RuntimeError("this ObjectRef belongs to no running asyncray runtime; call asyncray.init() first")
-        return self._core
+        return self._objects
 
     def __await__(self) -> Generator[Any, None, Any]:
         core = self._require_core()
         if not core.is_ready(self):
-            yield from core._ready_future(self).__await__()
+            yield from core.ready_future(self).__await__()
         if core.needs_localizing(self):  # stored on another node: copy it here first
             yield from core.localize_refs([self]).__await__()
         return core.load(self)
@@ -122,7 +122,7 @@ class ObjectRef:
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
         """Call ``fn(ref)`` on the running loop once the ref is done."""
-        fut = self._require_core()._ready_future(self)
+        fut = self._require_core().ready_future(self)
         if self._callbacks is None:
             self._callbacks = {}
         self._callbacks[fn] = fut
@@ -142,4 +142,5 @@ class ObjectRef:
 
 
 def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
-    return ObjectRef(object_id, owner, context.get_core())
+    core = context.get_core()
+    return ObjectRef(object_id, owner, core.objects if core is not None else None)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from asyncray._client import context
 from asyncray._client.options import TASK_OPTIONS, resources_of, validate
 from asyncray._client.ref import ObjectRef
 from asyncray._client.task_spec import FunctionDescriptor
+
+if TYPE_CHECKING:
+    from asyncray._client.core import Core
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -23,7 +26,7 @@ def strategy_of(opts: dict[str, Any]) -> Any:
     return None if strategy in (None, "DEFAULT") else strategy
 
 
-def require_core(api: str) -> Any:
+def require_core(api: str) -> Core:
     """The running core, or a clear error telling the user to call init()."""
     core = context.get_core()
     if core is None:
@@ -75,7 +78,7 @@ class RemoteFunction(Generic[P, R]):
         core = require_core(f"{self._fn.__name__}.remote()")
         num_returns = opts.get("num_returns", 1)
         max_retries = opts.get("max_retries")
-        spec = core.make_spec(
+        spec = core.tasks.make_spec(
             self._function_descriptor(core), args, kwargs,
             num_returns=num_returns,
             resources=resources_of(opts, 1.0),
@@ -83,7 +86,7 @@ class RemoteFunction(Generic[P, R]):
             retry_exceptions=opts.get("retry_exceptions") or False,
             strategy=strategy_of(opts),
         )
-        refs: list[ObjectRef] = core.submit(spec)
+        refs: list[ObjectRef] = core.tasks.submit(spec)
         if num_returns == 1:
             return refs[0]
         if num_returns == 0:

@@ -1,4 +1,4 @@
-"""Submitting tasks: dependencies, leases on workers, pipelining, retries, reports.
+"""Submitting tasks: dependencies, leases on workers, pipelining, retries.
 
 A submitter leases a worker from a node and pushes tasks to it directly, so a task costs
 one round trip between two processes (as Ray's lease-based scheduling).
@@ -12,11 +12,13 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
-from asyncray._client.objects import _Entry
+from asyncray._client.context import current_job_id
+from asyncray._client.links import CoreLinks
+from asyncray._client.objects import ObjectTable
 from asyncray._client.ref import ObjectRef
 from asyncray._client.task_spec import FunctionDescriptor, TaskSpec, TaskState
 from asyncray._store import serialization as ser
@@ -29,6 +31,9 @@ from asyncray.exceptions import (
     WorkerCrashedError,
 )
 
+if TYPE_CHECKING:
+    from asyncray._store.shm import ObjectStore
+
 log = logging.getLogger(__name__)
 
 
@@ -39,13 +44,8 @@ IDLE_LEASE_S = 0.005
 RECLAIM_WINDOW_S = 1.0
 # At most this many lease requests in flight per resource shape.
 MAX_LEASE_REQUESTS = 16
-# Task reports to the head (dashboard, state API): how often, and how much at most.
-REPORT_INTERVAL_S = 1.0
+# Finished tasks kept for the next report to the head, at most.
 MAX_EVENTS_PER_REPORT = 20_000
-MAX_LIVE_IN_REPORT = 1000
-MAX_STORED_IN_REPORT = 1000
-# A worker hosting an actor reports at least this often (mailbox depth, loop lag), even idle.
-ACTOR_REPORT_INTERVAL_S = 2.0
 # Tasks no node can run are retried this often, and fail after the timeout (env var overrides).
 UNSCHEDULABLE_RETRY_S = 0.5
 DEFAULT_UNSCHEDULABLE_TIMEOUT_S = 5.0
@@ -93,75 +93,80 @@ class _SchedQueue:
 
 
 class TaskSubmitter:
-    """The task half of the core (mixed into ``Core``; state lives there)."""
+    """Tasks from submission to result: dependencies, leases, pipelining, retries.
 
-    async def _report_loop(self) -> None:
-        """Tell the head about this process's tasks and objects, about once a second."""
-        quiet = True
-        last_sent, last_mailbox, last_objects = 0.0, -1, 0
-        owned = False
-        while True:
-            await asyncio.sleep(REPORT_INTERVAL_S)
-            if self.role == "worker" and self.node is not None and self.node.is_open:
-                owns = any(e.owned for e in snapshot(self._objects).values())
-                if owns != owned:  # the node must not reap a worker whose objects others may use
-                    owned = owns
-                    self.node.send(m.WorkerOwns(owns=owns))
-            if self.head is None or not self.head.is_open:
-                continue
-            host = self.executor.actor_host if self.executor is not None else None
-            n_objects = len(self._objects)
-            if quiet and not self._live and not self._finished_events and n_objects == last_objects:
-                if host is None:
-                    continue  # nothing new since an empty report
-                if host.mailbox == last_mailbox and time.monotonic() - last_sent < ACTOR_REPORT_INTERVAL_S:
-                    continue  # an actor's worker: report changes at once, else every 2 s
-            quiet = not self._live and not self._finished_events
-            last_objects = n_objects
-            last_sent, last_mailbox = time.monotonic(), host.mailbox if host is not None else -1
-            self.head.send(self._task_report())
+    Owns its queues and leases; reaches objects through the object table and the world
+    through the core's links. Actor calls pass through here (dependencies, the outcome)
+    and are handed to ``route_actor_call`` once their arguments are ready.
+    """
 
-    def _task_report(self) -> m.TaskEvents:
+    def __init__(
+        self, links: CoreLinks, objects: ObjectTable, store: ObjectStore,
+        route_actor_call: Callable[[TaskSpec], None], cancel_actor_call: Callable[[TaskSpec, bool], bool],
+    ) -> None:
+        self.links = links
+        self.objects = objects
+        self.store = store
+        self._route_actor_call = route_actor_call
+        self._cancel_actor_call = cancel_actor_call
+        self._inbox: deque[TaskSpec] = deque()  # submitted from any thread, drained on the loop
+        self._wake_pending = False
+        self._queues: dict[tuple[Any, ...], _SchedQueue] = {}
+        self._running: dict[bytes, tuple[TaskSpec, _Lease]] = {}
+        self._by_return: dict[bytes, TaskSpec] = {}  # return id -> its task, until it finishes
+        self._live: dict[bytes, TaskSpec] = {}
+        self._finished_events: list[list[Any]] = []
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._reclaim_until = 0.0
+        self._spread_next = 0
+        self._view: list[dict[str, Any]] = []
+        self._view_at = 0.0
+
+    # ------------------------------------------------------------ what the reporter reads
+    def has_news(self) -> bool:
+        """True while tasks are live or finished ones wait to be reported."""
+        return bool(self._live or self._finished_events)
+
+    def live_rows(self, limit: int) -> tuple[dict[str, dict[str, int]], list[list[Any]]]:
+        """Live tasks counted by function and state, and up to ``limit`` of them listed."""
         counts: dict[str, dict[str, int]] = {}
         live = []
         for spec in snapshot(self._live).values():
             state = spec.state.name
             by_state = counts.setdefault(spec.fn.name, {})
             by_state[state] = by_state.get(state, 0) + 1
-            if len(live) < MAX_LIVE_IN_REPORT:
+            if len(live) < limit:
                 live.append([spec.task_id, spec.fn.name, state, spec.worker_pid, spec.node_id,
                              spec.submitted_at, spec.started_at, spec.job_id])
+        return counts, live
+
+    def take_finished(self) -> list[list[Any]]:
+        """Finished tasks since the last call (and forget them)."""
         finished, self._finished_events = self._finished_events, []
-        n_objects = len(self._objects)
-        actor = None
-        if self.executor is not None and self.executor.actor_host is not None:
-            actor = self.executor.actor_host.stats()
-        stored = []  # what this process owns in shared memory: [id, size, local refs, borrowers]
-        for oid, entry in snapshot(self._objects).items():
-            desc = entry.desc
-            if entry.owned and desc is not None and desc[0] == ser.STORED:
-                borrowers = len(entry.borrowers) if entry.borrowers else 0
-                stored.append([oid, int(desc[2]), self._refcounts.get(oid, 0), borrowers])
-                if len(stored) >= MAX_STORED_IN_REPORT:
-                    break
-        return m.TaskEvents(
-            owner=self.worker_id, pid=os.getpid(), role=self.role, counts=counts, live=live, finished=finished,
-            objects=[n_objects, 0], actor=actor, stored=stored,
-        )
+        return finished
+
+    def stop(self) -> None:
+        """The core stops: no more lease sweeps."""
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    def reclaim_idle(self) -> None:
+        """The node wants its idle workers back: return idle leases now and for a while."""
+        self._reclaim_until = time.monotonic() + RECLAIM_WINDOW_S
+        self._sweep_idle_leases(all_of_them=True)
 
     def submit(self, spec: TaskSpec) -> list[ObjectRef]:
         """Queue a task (any thread); returns its refs at once."""
         spec.submitted_at = time.time()
         self._live[spec.task_id] = spec
-        refs = []
         for rid in spec.return_ids:
-            self._objects[rid] = _Entry(owned=True)
             self._by_return[rid] = spec
-            refs.append(ObjectRef(rid, self.address, self))
+        refs = self.objects.add_pending(spec.return_ids)
         self._inbox.append(spec)
         if not self._wake_pending:
             self._wake_pending = True
-            self.call_soon(self._drain)
+            self.links.call_soon(self._drain)
         return refs
 
     def _drain(self) -> None:
@@ -187,8 +192,9 @@ class TaskSubmitter:
             if spec.pending_deps == 0:
                 self._dispatch(spec)
 
+        when_ready = self.objects.when_ready
         for ref in deps:
-            self._when_ready(ref, one)
+            when_ready(ref, one)
 
     def _dispatch(self, spec: TaskSpec) -> None:
         """Dependencies are ready: fill them into the arguments and queue the task."""
@@ -196,17 +202,17 @@ class TaskSubmitter:
             self._abandon(spec)
             return
         if spec.deps:
-            descs = {ref.id: self._entry_for(ref).desc for ref in spec.deps}
+            descs = {ref.id: self.objects.entry_for(ref).desc for ref in spec.deps}
             for desc in descs.values():
                 if desc is not None and desc[0] == ser.ERROR:
                     # An upstream failure fails this task too, with the same error (as Ray).
-                    self._finish(spec, [desc] * len(spec.return_ids))
+                    self.finish(spec, [desc] * len(spec.return_ids))
                     self._abandon(spec)
                     return
             spec.args = [descs[a[1]] if a[0] == ser.REF else a for a in spec.args]
             spec.kwargs = {k: descs[a[1]] if a[0] == ser.REF else a for k, a in spec.kwargs.items()}
         if spec.actor is not None:
-            self.actors.dispatch(spec)
+            self._route_actor_call(spec)
             return
         key = spec.sched_key
         q = self._queues.get(key)
@@ -219,7 +225,7 @@ class TaskSubmitter:
     def _abandon(self, spec: TaskSpec) -> None:
         """A task that will not be sent: an actor call still frees its place in the order."""
         if spec.actor is not None:
-            self.actors.dispatch(spec)
+            self._route_actor_call(spec)
 
     def _pump(self, q: _SchedQueue) -> None:
         while q.tasks and q.idle:
@@ -228,7 +234,7 @@ class TaskSubmitter:
         while want > 0 and q.requesting < MAX_LEASE_REQUESTS:
             q.requesting += 1
             want -= 1
-            self.spawn(self._request_lease(q))
+            self.links.spawn(self._request_lease(q), "request-lease")
 
     async def _request_lease(self, q: _SchedQueue) -> None:
         try:
@@ -237,7 +243,7 @@ class TaskSubmitter:
             for _ in range(MAX_REDIRECTS):  # spillback: that node is full, another is not
                 if "redirect" not in grant:
                     break
-                node_conn = await self._peer(grant["redirect"])
+                node_conn = await self.links.peer(grant["redirect"])
                 grant = await node_conn.request(m.RequestLease(rid=0, resources=q.resources, label="affinity:redirected"))
         except TaskUnschedulableError as exc:  # a hard node affinity to a dead node
             q.requesting -= 1
@@ -249,7 +255,7 @@ class TaskSubmitter:
             return
         except (ConnectionLost, OSError):
             q.requesting -= 1
-            self.loop.call_later(0.2, self._pump, q)  # the node went away; try again shortly
+            self.links.loop.call_later(0.2, self._pump, q)  # the node went away; try again shortly
             return
         q.requesting -= 1
         q.unschedulable_since = 0.0
@@ -257,7 +263,7 @@ class TaskSubmitter:
             self._pump(q)
             return
         try:
-            conn = await self._peer(grant["address"])
+            conn = await self.links.peer(grant["address"])
         except OSError:
             node_conn.send(m.ReturnLease(lease_id=grant["lease_id"], kill=True))
             self._pump(q)
@@ -266,36 +272,37 @@ class TaskSubmitter:
 
     async def _lease_target(self, strategy: Any) -> tuple[Connection, str]:
         """Which node to ask for a lease: ours, or the one a strategy names."""
-        assert self.node is not None
         if strategy is None:
-            return self.node, ""
+            return await self._own_node(), ""
         nodes = [n for n in await self.cluster_view() if n["alive"]]
         if strategy == "SPREAD":
             if not nodes:
-                return self.node, ""
+                return await self._own_node(), ""
             self._spread_next += 1
             node = nodes[self._spread_next % len(nodes)]
             return await self._node_conn(node), "affinity:spread"
         target = next((n for n in nodes if n["node_id"].hex() == strategy.node_id), None)
         if target is None:
             if strategy.soft:
-                return self.node, ""
+                return await self._own_node(), ""
             raise TaskUnschedulableError(
                 f"node {strategy.node_id} (NodeAffinitySchedulingStrategy, soft=False) is dead or unknown"
             )
         return await self._node_conn(target), "affinity:hard" if not strategy.soft else "affinity:soft"
 
+    async def _own_node(self) -> Connection:
+        return self.links.node_connection()
+
     async def _node_conn(self, node: dict[str, Any]) -> Connection:
-        if node["node_id"] == self.node_id and self.node is not None:
-            return self.node
-        return await self._peer(node["address"])
+        if node["node_id"] == self.links.node_id:
+            return await self._own_node()
+        return await self.links.peer(node["address"])
 
     async def cluster_view(self) -> list[dict[str, Any]]:
         """The head's list of nodes, cached briefly."""
         now = time.monotonic()
         if now - self._view_at > 0.5:
-            assert self.head is not None
-            state = await self.head.request(m.GetClusterState(rid=0))
+            state = await self.links.request_head(m.GetClusterState(rid=0))
             self._view, self._view_at = state["nodes"], now
         return self._view
 
@@ -314,17 +321,17 @@ class TaskSubmitter:
                 f"asyncray: warning: {', '.join(names) or 'a task'} cannot be scheduled yet: {reason.removeprefix('unschedulable: ')}; "
                 f"it fails in {timeout:g} s unless a node that fits joins\n"
             )
-        if now - q.unschedulable_since >= timeout or self._closed:
+        if now - q.unschedulable_since >= timeout or self.links.closed:
             q.unschedulable_since = 0.0
             self._fail_queue(q, TaskUnschedulableError(f"task cannot be scheduled: {reason} (waited {timeout:g} s)"))
             return
-        self.loop.call_later(UNSCHEDULABLE_RETRY_S, self._pump, q)
+        self.links.loop.call_later(UNSCHEDULABLE_RETRY_S, self._pump, q)
 
     def _fail_queue(self, q: _SchedQueue, exc: Exception) -> None:
         desc = ser.error_descriptor(exc)
         while q.tasks:
             spec = q.tasks.popleft()
-            self._finish(spec, [desc] * len(spec.return_ids))
+            self.finish(spec, [desc] * len(spec.return_ids))
 
     def _fill(self, lease: _Lease) -> None:
         """Give a lease its next task, and more behind it while they are known to be short.
@@ -351,9 +358,9 @@ class TaskSubmitter:
         spec.state = TaskState.RUNNING
         spec.worker_pid = lease.pid
         self._running[spec.task_id] = (spec, lease)
-        lease.conn.send(self._push_message(lease.conn, spec))
+        lease.conn.send(self.push_message(lease.conn, spec))
 
-    def _push_message(self, conn: Connection, spec: TaskSpec) -> m.PushTask:
+    def push_message(self, conn: Connection, spec: TaskSpec) -> m.PushTask:
         fn = spec.fn
         sent: set[bytes] = conn.state.setdefault("fns", set())
         blob = None
@@ -362,9 +369,9 @@ class TaskSubmitter:
             blob = fn.blob
         return m.PushTask(
             task_id=spec.task_id, fn_id=fn.fn_id, name=fn.name, args=spec.args, kwargs=spec.kwargs,
-            return_ids=spec.return_ids, owner=self.address, fn_blob=blob,
+            return_ids=spec.return_ids, owner=self.links.address, fn_blob=blob,
             actor_id=spec.actor.actor_id if spec.actor is not None else None,
-            method=spec.method, seq=spec.seq, caller=self.worker_id, job_id=spec.job_id,
+            method=spec.method, seq=spec.seq, caller=self.links.worker_id, job_id=spec.job_id,
         )
 
     def _lease_free(self, lease: _Lease) -> None:
@@ -380,7 +387,7 @@ class TaskSubmitter:
             return
         q.idle.append(lease)
         if self._sweep_handle is None:
-            self._sweep_handle = self.loop.call_later(IDLE_LEASE_S, self._sweep_idle_leases)
+            self._sweep_handle = self.links.loop.call_later(IDLE_LEASE_S, self._sweep_idle_leases)
 
     def _return_lease(self, lease: _Lease) -> None:
         if lease.node_conn.is_open:
@@ -400,9 +407,10 @@ class TaskSubmitter:
             q.idle = keep
             keep_sweeping = keep_sweeping or bool(keep)
         if keep_sweeping:
-            self._sweep_handle = self.loop.call_later(IDLE_LEASE_S, self._sweep_idle_leases)
+            self._sweep_handle = self.links.loop.call_later(IDLE_LEASE_S, self._sweep_idle_leases)
 
-    def _on_task_done(self, msg: m.TaskDone) -> None:
+    def on_task_done(self, msg: m.TaskDone) -> None:
+        """A leased worker finished one of our tasks: retry it, or record its outcome."""
         item = self._running.pop(msg.task_id, None)
         if item is None:
             return
@@ -423,7 +431,7 @@ class TaskSubmitter:
             self._requeue(spec)
             self._lease_free(lease)
             return
-        self._finish(spec, msg.results, msg.contained, lease.address)
+        self.finish(spec, msg.results, msg.contained, lease.address)
         self._lease_free(lease)
 
     def _retryable(self, spec: TaskSpec, desc: list[Any]) -> bool:
@@ -441,7 +449,7 @@ class TaskSubmitter:
         q.tasks.appendleft(spec)
         self._pump(q)
 
-    def _finish(
+    def finish(
         self, spec: TaskSpec, results: list[Any], contained: list[Any] | None = None, holder: str = "",
     ) -> None:
         """Record a task's outcome in its return entries and wake waiters.
@@ -461,22 +469,15 @@ class TaskSubmitter:
                 spec.task_id, spec.fn.name, "FAILED" if failed else "FINISHED", spec.worker_pid, spec.node_id,
                 spec.submitted_at, start, spec.job_id, end, _error_summary(results[0]) if failed else "",
             ])
+        objects = self.objects
         for i, (rid, desc) in enumerate(zip(spec.return_ids, results, strict=False)):
             self._by_return.pop(rid, None)
-            inner = [ObjectRef(oid, owner, self) for oid, owner in contained[i]] if contained and contained[i] else None
+            inner = objects.refs(contained[i]) if contained and contained[i] else None
             if inner and holder:
-                self.took_over(holder, inner)
-            entry = self._objects.get(rid)
-            if entry is None:
-                if desc[0] == ser.STORED:
-                    self.free_stored(rid)  # nobody holds a ref any more
-                continue  # (refs inside it, taken over just now, are dropped with ``inner``)
-            if inner:
-                entry.contained = inner
-            self._resolve_entry(entry, desc)
-            self._maybe_free(rid)
+                objects.took_over(holder, inner)
+            objects.set_result(rid, desc, inner)
 
-    def _worker_lost(self, conn: Connection) -> None:
+    def worker_lost(self, conn: Connection) -> None:
         """A leased worker's connection dropped: retry or fail what it was running."""
         for q in self._queues.values():
             q.idle = [lz for lz in q.idle if lz.conn is not conn]
@@ -486,7 +487,7 @@ class TaskSubmitter:
             self._running.pop(spec.task_id, None)
             touched.add(id(lease.queue))
             if spec.cancelled:
-                self._finish(spec, [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids))
+                self.finish(spec, [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids))
             elif spec.attempt < spec.max_retries:
                 spec.attempt += 1
                 log.info("worker pid %d died running %s; retry %d of %d", lease.pid, spec.fn.name, spec.attempt, spec.max_retries)
@@ -496,8 +497,7 @@ class TaskSubmitter:
                     f"the worker process (pid {lease.pid}) running {spec.fn.name}() died unexpectedly"
                     f" and the task was tried {spec.attempt + 1} time(s) (max_retries={spec.max_retries})"
                 )
-                self._finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
-        self.actors.connection_lost(conn)
+                self.finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         """Cancel the task that makes ``ref`` (loop thread)."""
@@ -507,7 +507,7 @@ class TaskSubmitter:
         spec.cancelled = True
         err = [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids)
         if spec.actor is not None and spec.state is TaskState.RUNNING:
-            if self.actors.cancel(spec, force):
+            if self._cancel_actor_call(spec, force):
                 return
         elif spec.state is TaskState.RUNNING:
             item = self._running.get(spec.task_id)
@@ -518,7 +518,7 @@ class TaskSubmitter:
             q = self._queues.get(spec.sched_key)
             if q is not None and spec in q.tasks:
                 q.tasks.remove(spec)
-        self._finish(spec, err)
+        self.finish(spec, err)
 
     def make_spec(
         self,
@@ -536,12 +536,12 @@ class TaskSubmitter:
         from asyncray._client.task_spec import encode_args
 
         task_id = _ids.new_id()
-        arg_descs, kw_descs, deps, contained = encode_args(self, fn.name, args, kwargs)
+        arg_descs, kw_descs, deps, contained = encode_args(self.objects, fn.name, args, kwargs)
         return TaskSpec(contained=contained,
             task_id=task_id, fn=fn, args=arg_descs, kwargs=kw_descs, deps=deps,
             return_ids=[_ids.return_id(task_id, i) for i in range(num_returns)],
             resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions, strategy=strategy,
-            job_id=self.current_job_id(),
+            job_id=current_job_id(self.links.job_id),
         )
 
 

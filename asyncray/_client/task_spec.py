@@ -13,7 +13,7 @@ from asyncray._store import serialization as ser
 from asyncray.exceptions import SerializationError
 
 if TYPE_CHECKING:
-    from asyncray._client.core import Core
+    from asyncray._client.objects import ObjectTable
 
 
 class TaskState(enum.Enum):
@@ -84,7 +84,7 @@ class TaskSpec:
         self.sched_key = (*sorted(self.resources.items()), self.strategy)
 
 
-def _encode_one(core: Core, value: Any, what: str, deps: list[ObjectRef]) -> list[Any]:
+def _encode_one(objects: ObjectTable, value: Any, what: str, deps: list[ObjectRef]) -> list[Any]:
     if type(value) is ObjectRef:
         deps.append(value)
         return [ser.REF, value.id]
@@ -96,13 +96,13 @@ def _encode_one(core: Core, value: Any, what: str, deps: list[ObjectRef]) -> lis
     if size <= ser.INLINE_MAX_BYTES:
         return [ser.INLINE, data, [b.raw().tobytes() for b in bufs]]
     # Large arguments go through the object store, never through a control frame (SPEC 2).
-    ref = core.put_serialized(value, (data, bufs))
+    ref = objects.put_serialized(value, (data, bufs))
     deps.append(ref)
     return [ser.REF, ref.id]
 
 
 def encode_args(
-    core: Core, name: str, args: Any, kwargs: dict[str, Any]
+    objects: ObjectTable, name: str, args: Any, kwargs: dict[str, Any]
 ) -> tuple[list[Any], dict[str, Any], list[ObjectRef], list[ObjectRef]]:
     """Encode call arguments: descriptors, dependencies (top-level refs, resolved before the
     call) and contained refs (nested in arguments: passed as refs, kept alive by the caller
@@ -111,6 +111,6 @@ def encode_args(
     deps: list[ObjectRef] = []
     contained: list[ObjectRef] = []
     with ser.collecting_refs(contained):
-        arg_descs = [_encode_one(core, a, f"argument {i} of {name}()", deps) for i, a in enumerate(args)]
-        kw_descs = {k: _encode_one(core, v, f"argument {k!r} of {name}()", deps) for k, v in kwargs.items()}
+        arg_descs = [_encode_one(objects, a, f"argument {i} of {name}()", deps) for i, a in enumerate(args)]
+        kw_descs = {k: _encode_one(objects, v, f"argument {k!r} of {name}()", deps) for k, v in kwargs.items()}
     return arg_descs, kw_descs, deps, contained

@@ -103,7 +103,7 @@ class TaskExecutor:
         self._sync_queue.put((conn, msg, fn, actor_id, after))
 
     async def _localize_then_start(self, conn: Connection, msg: m.PushTask) -> None:
-        await self.core.localize([*msg.args, *msg.kwargs.values()])
+        await self.core.objects.localize([*msg.args, *msg.kwargs.values()])
         self._start_task(conn, msg)
 
     def cancel(self, task_id: bytes, force: bool) -> None:
@@ -207,7 +207,7 @@ def send_done(
     if contained and any(contained):
         core = context.get_core()
         if core is not None:
-            core.hold_for_handoff(conn, [r for refs in contained for r in refs])
+            core.objects.hold_for_handoff(conn, [r for refs in contained for r in refs])
         wire = [[[r.id, r.owner] for r in refs] for refs in contained]
     conn.send(m.TaskDone(task_id=task_id, results=results, failed=failed, duration=duration, contained=wire))
 
