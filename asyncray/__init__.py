@@ -7,7 +7,6 @@ twins for async code.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -262,4 +261,4 @@ def _run_on_core(coro: Any, api: str) -> Any:
             f"asyncray.{api}() would block the event loop that runs asyncray itself; "
             f"use 'await asyncray.aio.{api}(...)' in async code"
         )
-    return asyncio.run_coroutine_threadsafe(coro, core.loop).result()
+    return core.run_coroutine(coro).result()

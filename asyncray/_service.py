@@ -47,38 +47,73 @@ async def supervised(
 
 
 class Service:
-    """Base class: subclasses implement ``_start`` and ``_stop``."""
+    """Base class: subclasses implement ``_start`` and ``_stop``.
+
+    Every background task of a service runs in the service's one ``asyncio.TaskGroup``: the
+    group lives in a runner task from ``start()`` to ``stop()``, and stopping cancels the
+    runner, so the group cancels and awaits every child (no task outlives its service). A
+    child's unexpected exception is logged with its traceback and does not take the group,
+    and so the service, down with it; long-lived loops run under :func:`supervised`.
+    """
 
     name = "service"
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._group: asyncio.TaskGroup | None = None
+        self._group_holder: asyncio.Task[None] | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._started = False
         self._stopped = False
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
-        """Run a coroutine owned by this service; an unexpected failure is logged, not lost."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Future[Any]:
+        """Run a coroutine in this service's task group; an unexpected failure is logged, not lost.
 
-    def supervise(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[Any]:
+        After ``stop()`` (or before ``start()``) the coroutine is not run: the returned future
+        is already cancelled.
+        """
+        group = self._group
+        if group is None or self._stopped:
+            coro.close()
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            fut.cancel()
+            return fut
+        label = name or getattr(coro, "__qualname__", "task")
+        return group.create_task(self._guarded(coro, label), name=label)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if not self._stopped:
+                log.exception("%s: background task %s failed", self.name, name)
+            return None
+
+    def supervise(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Future[Any]:
         """Run a long-lived loop owned by this service, restarted (and logged) when it crashes."""
         return self.spawn(supervised(f"{self.name}: {name}", run), name)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self._stopped:
-            log.error("%s: background task %s failed", self.name, task.get_name(), exc_info=task.exception())
-
     async def start(self) -> None:
-        """Bind listeners and start background loops; returns once serving."""
+        """Open the task group, bind listeners and start background loops; returns once serving."""
         if self._started:
             return
         self._started = True
-        await self._start()
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        self._group_holder = loop.create_task(self._hold_group(opened), name=f"{self.name} task group")
+        await opened
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _hold_group(self, opened: asyncio.Future[None]) -> None:
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            opened.set_result(None)
+            await asyncio.Event().wait()  # until stop() cancels this runner, and so the group
 
     async def stop(self) -> None:
         """Close listeners, cancel background work, release resources. Safe to call twice."""
@@ -88,11 +123,16 @@ class Service:
         self._stopped = True
         for server in self._servers:
             server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        runner = self._group_holder
+        if runner is not None:
+            runner.cancel()
+            try:
+                await runner
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # stop() itself was cancelled, not only the group
+        self._group = None
         try:
             await self._stop()
         finally:

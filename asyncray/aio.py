@@ -138,4 +138,4 @@ async def _on_core(coro: Any) -> Any:
     core = require_core("aio")
     if asyncio.get_running_loop() is core.loop:
         return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, core.loop))
+    return await asyncio.wrap_future(core.run_coroutine(coro))

@@ -18,12 +18,13 @@ atomic under the GIL), and (c) queue work for the loop with one cheap wake-up pe
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from asyncray import _ids
 from asyncray._actor.client import ActorClient
@@ -31,7 +32,7 @@ from asyncray._client import context
 from asyncray._client.objects import ObjectTable, peer_address
 from asyncray._client.reports import TaskReporter
 from asyncray._client.submit import TaskSubmitter
-from asyncray._service import supervised
+from asyncray._service import Service
 from asyncray._store import serialization as ser
 from asyncray._store.shm import ObjectStore
 from asyncray._wire import messages as m
@@ -39,9 +40,10 @@ from asyncray._wire.connection import Connection, ConnectionLost, connect, serve
 from asyncray.exceptions import ObjectLostError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-class Core:
+class Core(Service):
     """The runtime of one process (driver or worker); implements ``CoreLinks`` for its parts."""
 
     def __init__(
@@ -61,6 +63,8 @@ class Core:
         namespace: str = "default",
         spill_dir: str = "",
     ) -> None:
+        super().__init__()
+        self.name = f"{role} core"
         self.listen_host = listen_host
         self.namespace = namespace
         self.role = role
@@ -83,8 +87,6 @@ class Core:
         self._peers: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
         self._incoming: set[Connection] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closed = False
 
         self.store = ObjectStore(store_dir, node_id=node_id, spill_dir=spill_dir)
         self.objects = ObjectTable(self, self.store)
@@ -98,7 +100,7 @@ class Core:
         self.actors = ActorClient(self, self.objects, self.tasks)
         self.reporter = TaskReporter(self, self.objects, self.tasks, self._actor_stats)
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Listen for peers and connect to the node and head."""
         if self.listen_host:  # a cluster: peers on other machines must reach us over TCP
             listen = f"{self.listen_host}:0"
@@ -121,20 +123,13 @@ class Core:
         self.head.send(m.OwnerPrefix(prefix=_ids.new_id()[:8]))  # our objects go with us
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
-        self.spawn(supervised(f"{self.role} task report", self.reporter.run, log), "task-report")
+        self.supervise(self.reporter.run, "task report")
 
-    async def stop(self) -> None:
-        """Close every connection; fail whatever still waits."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _stop(self) -> None:
+        """(Background tasks are cancelled by now.) Close every connection; fail whatever still waits."""
         if self.tasks.has_news():
             self.send_head(self.reporter.report())  # a driver that exits at once still shows its tasks
         self.tasks.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         for conn in list(self._peers.values()):
@@ -156,19 +151,18 @@ class Core:
     @property
     def closed(self) -> bool:
         """True once the core is stopping."""
-        return self._closed
+        return self._stopped
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
-        """Run a coroutine owned by the core (cancelled at stop; a failure is logged)."""
-        task = self.loop.create_task(coro, name=name or None)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def run_coroutine(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run a coroutine on the core's loop from another thread; its future, for that thread.
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self._closed:
-            log.error("%s core: background task %s failed", self.role, task.get_name(), exc_info=task.exception())
+        The one way from a user thread into the loop when a result is needed (``call_soon``
+        is the fire-and-forget twin). On the loop thread itself this would deadlock: refused.
+        """
+        if self.on_loop_thread():
+            coro.close()
+            raise RuntimeError("run_coroutine() was called on the core's own loop thread; await the coroutine instead")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def current_job_id(self) -> bytes:
         """The job of whatever runs now: the task's (or actor's) job in a worker, else this process's."""
@@ -251,7 +245,7 @@ class Core:
 
     def _on_peer_close(self, conn: Connection) -> None:
         self._incoming.discard(conn)
-        if self._closed:
+        if self._stopped:
             return
         for addr, c in list(self._peers.items()):
             if c is conn:
@@ -266,7 +260,7 @@ class Core:
             self.executor.connection_lost(conn)
 
     def _on_node_close(self, conn: Connection) -> None:
-        if not self._closed and self.on_node_lost is not None:
+        if not self._stopped and self.on_node_lost is not None:
             self.on_node_lost()
 
     def _on_message(self, conn: Connection, msg: m.Message) -> None:

@@ -8,11 +8,14 @@ and reach the outside world only through this narrow interface, given at constru
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
+
+T = TypeVar("T")
 
 
 class CoreLinks(Protocol):
@@ -52,8 +55,11 @@ class CoreLinks(Protocol):
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the core's loop, from any thread."""
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
-        """Run a coroutine owned by the core (cancelled when it stops; a failure is logged)."""
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Future[Any]:
+        """Run a coroutine in the core's task group (cancelled when it stops; a failure is logged)."""
+
+    def run_coroutine(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run a coroutine on the core's loop from another thread; a future for that thread."""
 
     def node_connection(self) -> Connection:
         """The connection to this process's node (raises ConnectionLost when it is down)."""

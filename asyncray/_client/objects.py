@@ -95,7 +95,7 @@ class _LoopBridge:
         self._to_core.append((ref, fut))
         if not self._core_wake:
             self._core_wake = True
-            self.table.links.loop.call_soon_threadsafe(self._drain_core)
+            self.table.links.call_soon(self._drain_core)
 
     def _drain_core(self) -> None:
         self._core_wake = False
@@ -455,7 +455,7 @@ class ObjectTable:
         if ser.is_remote(desc, self.store):
             if self.links.on_loop_thread():
                 raise RuntimeError("a remote object must be localized (await core.localize) before loading on the loop")
-            asyncio.run_coroutine_threadsafe(self.localize([desc]), self.links.loop).result()
+            self.links.run_coroutine(self.localize([desc])).result()
         return ser.load_descriptor(desc, self.store)
 
     async def localize(self, descs: Iterable[list[Any]]) -> None:
@@ -497,7 +497,7 @@ class ObjectTable:
         if asyncio.get_running_loop() is self.links.loop:
             await self.localize(descs)
         else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.localize(descs), self.links.loop))
+            await asyncio.wrap_future(self.links.run_coroutine(self.localize(descs)))
 
     def reserve_space(self, size: int) -> dict[str, Any]:
         """Ask the node for room before writing a large object (blocking; any thread but the loop).
@@ -513,7 +513,7 @@ class ObjectTable:
             return await links.request_node(m.ReserveSpace(rid=0, size=size))
 
         try:
-            return dict(asyncio.run_coroutine_threadsafe(ask(), links.loop).result(RESERVE_TIMEOUT_S))
+            return dict(links.run_coroutine(ask()).result(RESERVE_TIMEOUT_S))
         except Exception as exc:  # the node is busy or gone: write unreserved, as on the loop
             log.info("no reservation for %d bytes: %s", size, exc)
             return {}
@@ -558,15 +558,15 @@ class ObjectTable:
             if entry.desc is not None:
                 event.set()
         else:
-            links.loop.call_soon_threadsafe(self.watch, refs, need, event.set)
+            links.call_soon(self.watch, refs, need, event.set)
         blocked = links.role == "worker"  # a blocked worker lends its CPU out (nested get)
         if blocked:
-            links.loop.call_soon_threadsafe(links.send_node, m.WorkerBlocked(worker_id=links.worker_id))
+            links.call_soon(links.send_node, m.WorkerBlocked(worker_id=links.worker_id))
         try:
             return event.wait(timeout)
         finally:
             if blocked:
-                links.loop.call_soon_threadsafe(links.send_node, m.WorkerUnblocked(worker_id=links.worker_id))
+                links.call_soon(links.send_node, m.WorkerUnblocked(worker_id=links.worker_id))
 
     def ready_future(self, ref: ObjectRef) -> asyncio.Future[None]:
         """A future on the *calling* loop that completes when the ref is ready."""

@@ -138,7 +138,7 @@ class Runtime:
         self.head: HeadService | None = None
         self.node: NodeService | None = None
         self.dashboard: Any = None  # asyncray.dashboard.DashboardService when one is running
-        self._dashboard_task: asyncio.Task[None] | None = None
+        self._dashboard_task: asyncio.Future[Any] | None = None
         self.session_dir = ""
         self.info: RuntimeInfo | None = None
         self.namespace = "default"
@@ -270,7 +270,9 @@ class Runtime:
                 sock.close()
                 log.warning("asyncray: the dashboard did not start: %s", exc)
 
-        self._dashboard_task = asyncio.get_running_loop().create_task(serve())
+        assert self.head is not None
+        self._dashboard_task = self.head.spawn(serve(), "start-dashboard")  # the head owns its dashboard
+        self._dashboard_task.add_done_callback(lambda f: sock.close() if f.cancelled() else None)
         return f"http://{host}:{bound}"
 
     async def stop(self) -> None:

@@ -400,14 +400,29 @@ class NodeService(Service):
             return
         pull = self._pulls.get(oid)
         if pull is None:
-            pull = self._pulls[oid] = asyncio.ensure_future(self._pull(oid, msg.node_id, msg.size))
-            pull.add_done_callback(lambda _f: self._pulls.pop(oid, None))
+            pull = self._pulls[oid] = asyncio.get_running_loop().create_future()
+            self.spawn(self._pull_into(pull, oid, msg.node_id, msg.size), "pull-object")
         try:
             await asyncio.shield(pull)
         except Exception as exc:
             conn.reply(msg.rid, error=f"object {oid.hex()} could not be fetched from node {msg.node_id.hex()[:8]}: {exc}")
             return
         conn.reply(msg.rid, True)
+
+    async def _pull_into(self, done: asyncio.Future[None], oid: bytes, node_id: bytes, size_hint: int) -> None:
+        """One pull of an object, whatever number of askers wait on ``done``."""
+        try:
+            await self._pull(oid, node_id, size_hint)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # seen: the askers report it
+        else:
+            done.set_result(None)
+        finally:
+            self._pulls.pop(oid, None)
 
     async def _pull(self, oid: bytes, node_id: bytes, size_hint: int = 0) -> None:
         node = next((n for n in self.view if n["node_id"] == node_id), None)

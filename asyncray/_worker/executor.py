@@ -1,35 +1,36 @@
-"""Runs pushed tasks: sync functions on the task thread, ``async def`` ones on the loop."""
+"""Runs pushed tasks: sync functions on the worker's main thread, ``async def`` ones on the loop.
+
+A worker that hosts an actor hands its method calls to the actor host (``actor_host.py``);
+one-at-a-time methods come back here to run on the main thread like tasks.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import inspect
 import logging
 import os
 import queue
 import signal
 import threading
-import time
-import traceback
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from asyncray._client import context
 from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
-from asyncray.exceptions import SystemFailure, TaskCancelledError, TaskError
+from asyncray._worker.actor_host import ActorHost
+from asyncray._worker.calls import failure_descriptor, needs_localizing, raise_in_thread, run_async, run_sync, send_done
+from asyncray.exceptions import TaskCancelledError
 
 log = logging.getLogger(__name__)
 
+# A sync call for the main thread: reply target, call, function, actor id and job id (actor
+# methods), and what to run on the loop once the reply is out.
+_SyncCall = tuple[Connection, m.PushTask, Any, bytes | None, bytes | None, Callable[[], None] | None]
+
 CANCEL_SIGNAL = signal.SIGUSR1
-
-
-def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
-    """Interrupt a thread running Python code by raising ``exc_type`` in it."""
-    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
-    return n == 1
 
 
 class TaskExecutor:
@@ -39,8 +40,8 @@ class TaskExecutor:
         self.core = core
         self.loop: asyncio.AbstractEventLoop = core.loop
         self.functions: dict[bytes, Any] = {}
-        self.actor_host: Any = None  # set when this worker hosts an actor
-        self._sync_queue: queue.SimpleQueue[tuple[Connection, m.PushTask, Any, Any, Any] | None] = queue.SimpleQueue()
+        self.actor_host: ActorHost | None = None  # set once this worker's actor is built
+        self._sync_queue: queue.SimpleQueue[_SyncCall | None] = queue.SimpleQueue()
         self._running: dict[bytes, Any] = {}  # task_id -> thread id or asyncio.Task
         self._current_sync: bytes | None = None
         self._cancelled_queued: set[bytes] = set()
@@ -63,9 +64,12 @@ class TaskExecutor:
         elif isinstance(msg, m.CancelTask):
             self.cancel(msg.task_id, msg.force)
         elif isinstance(msg, m.CreateActor):
-            from asyncray._actor.host import ActorHost
+            self.core.spawn(self._host_actor(conn, msg), "construct-actor")
 
-            ActorHost.create(self, conn, msg)
+    async def _host_actor(self, conn: Connection, msg: m.CreateActor) -> None:
+        host = ActorHost(self.core, msg, self.run_on_main_thread)
+        if await host.construct(conn, msg):
+            self.actor_host = host
 
     def function(self, msg: m.PushTask) -> Any:
         """The function for a message, unpickled once per content hash."""
@@ -79,7 +83,7 @@ class TaskExecutor:
 
     def _start_task(self, conn: Connection, msg: m.PushTask) -> None:
         if needs_localizing(self.core, msg):
-            self.core.spawn(self._localize_then_start(conn, msg))
+            self.core.spawn(self._localize_then_start(conn, msg), "localize-task")
             return
         try:
             fn = self.function(msg)
@@ -87,20 +91,21 @@ class TaskExecutor:
             self._reply_error(conn, msg, exc)
             return
         if inspect.iscoroutinefunction(fn):
-            task = self.loop.create_task(self._run_async(conn, msg, fn))
+            task = self.core.spawn(self._run_async(conn, msg, fn), f"task-{msg.name}")
             self._running[msg.task_id] = task
             task.add_done_callback(lambda _t: self._running.pop(msg.task_id, None))
         else:
-            self._sync_queue.put((conn, msg, fn, None, None))
+            self._sync_queue.put((conn, msg, fn, None, None, None))
 
     def run_on_main_thread(
-        self, conn: Connection, msg: m.PushTask, fn: Any, actor_id: bytes | None, after: Any = None
+        self, conn: Connection, msg: m.PushTask, fn: Any, actor_id: bytes | None, job_id: bytes | None,
+        after: Callable[[], None],
     ) -> None:
-        """Queue a sync call for the main thread (tasks, and one-at-a-time actor methods).
+        """Queue a sync call for the main thread (one-at-a-time actor methods come here too).
 
         ``after`` runs on the loop once the reply is sent.
         """
-        self._sync_queue.put((conn, msg, fn, actor_id, after))
+        self._sync_queue.put((conn, msg, fn, actor_id, job_id, after))
 
     async def _localize_then_start(self, conn: Connection, msg: m.PushTask) -> None:
         await self.core.objects.localize([*msg.args, *msg.kwargs.values()])
@@ -116,7 +121,7 @@ class TaskExecutor:
         if target is None:
             self._cancelled_queued.add(task_id)  # still queued behind another task: skip it
             return
-        if isinstance(target, asyncio.Task):
+        if isinstance(target, asyncio.Future):
             target.cancel()
         elif target == threading.main_thread().ident:
             # The signal interrupts a blocking call (time.sleep, socket reads) as Ctrl-C would;
@@ -132,9 +137,7 @@ class TaskExecutor:
             raise TaskCancelledError("cancelled")
 
     def connection_lost(self, conn: Connection) -> None:
-        """A submitter went away; its running tasks' results have nowhere to go."""
-        if self.actor_host is not None:
-            self.actor_host.connection_lost(conn)
+        """A submitter went away; its running tasks' results have nowhere to go (they are dropped)."""
 
     # ------------------------------------------------------------ running
     def serve_sync_tasks(self) -> None:
@@ -148,7 +151,7 @@ class TaskExecutor:
             item = self._sync_queue.get()
             if item is None:
                 return
-            conn, msg, fn, actor_id, after = item
+            conn, msg, fn, actor_id, job_id, after = item
             if msg.task_id in self._cancelled_queued:
                 self._cancelled_queued.discard(msg.task_id)
                 outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, [])
@@ -156,10 +159,7 @@ class TaskExecutor:
                 self._running[msg.task_id] = ident
                 self._current_sync = msg.task_id
                 try:
-                    host = self.actor_host
-                    outcome = run_sync(
-                        self.core, msg, fn, actor_id, host.job_id if actor_id is not None and host is not None else None
-                    )
+                    outcome = run_sync(self.core, msg, fn, actor_id, job_id)
                 finally:
                     self._current_sync = None
                     self._running.pop(msg.task_id, None)
@@ -191,134 +191,3 @@ class TaskExecutor:
         send_done(conn, msg.task_id, [desc] * len(msg.return_ids), True)
 
 
-# ---------------------------------------------------------------- shared with the actor host
-def send_done(
-    conn: Connection, task_id: bytes, results: list[Any], failed: bool, duration: float = 0.0,
-    contained: list[list[Any]] | None = None,
-) -> None:
-    """Reply to the submitter, if it is still there.
-
-    Refs inside the results are held here until the submitter, which now owns the results,
-    registers as their borrower (``Core.hold_for_handoff``).
-    """
-    if not conn.is_open:
-        return
-    wire = None
-    if contained and any(contained):
-        core = context.get_core()
-        if core is not None:
-            core.objects.hold_for_handoff(conn, [r for refs in contained for r in refs])
-        wire = [[[r.id, r.owner] for r in refs] for refs in contained]
-    conn.send(m.TaskDone(task_id=task_id, results=results, failed=failed, duration=duration, contained=wire))
-
-
-def failure_descriptor(exc: BaseException, name: str) -> list[Any]:
-    """The descriptor for an exception raised by user code (or a cancellation)."""
-    if isinstance(exc, TaskCancelledError | asyncio.CancelledError):
-        return ser.error_descriptor(TaskCancelledError(f"task {name} was cancelled"))
-    return ser.error_descriptor(TaskError.wrap(exc, name, user_traceback(exc)))
-
-
-_RUNTIME_DIRS = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    os.path.dirname(os.path.abspath(asyncio.__file__)),
-    os.path.dirname(os.path.abspath(threading.__file__)) + os.sep + "concurrent",
-    os.path.abspath(threading.__file__),
-)
-
-
-def user_traceback(exc: BaseException) -> str:
-    """The traceback text without the runtime's own frames on top: users debug their code."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_RUNTIME_DIRS):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
-
-
-def needs_localizing(core: Any, msg: Any) -> bool:
-    """True when an argument is stored on another node and must be copied here first."""
-    store = core.store
-    return any(ser.is_remote(d, store) for d in msg.args) or any(ser.is_remote(d, store) for d in msg.kwargs.values())
-
-
-def decode_args(core: Any, msg: m.PushTask) -> tuple[list[Any], dict[str, Any]]:
-    """Rebuild call arguments from their descriptors."""
-    store = core.store
-    args = [ser.load_descriptor(d, store) for d in msg.args]
-    kwargs = {k: ser.load_descriptor(d, store) for k, d in msg.kwargs.items()}
-    return args, kwargs
-
-
-def encode_results(core: Any, msg: m.PushTask, value: Any) -> tuple[list[Any], list[list[Any]]]:
-    """One descriptor per return id, and the refs each result contains.
-
-    A wrong number of values is the user's error.
-    """
-    ids = msg.return_ids
-    if len(ids) == 0:
-        return [], []
-    if len(ids) == 1:
-        values = [value]
-    else:
-        try:
-            values = list(value)
-        except TypeError:
-            raise ValueError(
-                f"{msg.name}() has num_returns={len(ids)} but returned a {type(value).__name__}"
-            ) from None
-        if len(values) != len(ids):
-            raise ValueError(f"{msg.name}() has num_returns={len(ids)} but returned {len(values)} values")
-    descs, contained = [], []
-    for v, oid in zip(values, ids, strict=True):
-        refs: list[Any] = []
-        with ser.collecting_refs(refs):
-            descs.append(ser.make_descriptor(v, core.store, oid))
-        contained.append(refs)
-    return descs, contained
-
-
-# descriptors, failed, seconds it ran, refs inside each result
-Outcome = tuple[list[Any], bool, float, list[list[Any]]]
-
-
-def task_context(msg: m.PushTask, actor_id: bytes | None, job_id: bytes | None) -> context.TaskContext:
-    """Who runs: the task, its actor, and its job (an actor's own job for its methods)."""
-    return context.TaskContext(msg.task_id, msg.name, actor_id, job_id or msg.job_id)
-
-
-def run_sync(core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None, job_id: bytes | None = None) -> Outcome:
-    """Run a sync function in the calling thread."""
-    token = context.current_task.set(task_context(msg, actor_id, job_id))
-    start = time.perf_counter()
-    try:
-        try:
-            args, kwargs = decode_args(core, msg)
-        except SystemFailure as exc:  # an argument is lost: say so, do not blame user code
-            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0, []
-        value = fn(*args, **kwargs)
-        del args, kwargs  # what the task kept of its arguments it holds itself (it borrows them)
-        descs, contained = encode_results(core, msg, value)
-        return descs, False, time.perf_counter() - start, contained
-    except BaseException as exc:
-        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start, []
-    finally:
-        context.current_task.reset(token)
-
-
-async def run_async(
-    core: Any, msg: m.PushTask, fn: Any, actor_id: bytes | None, job_id: bytes | None = None
-) -> Outcome:
-    """Run a coroutine function on this loop."""
-    context.current_task.set(task_context(msg, actor_id, job_id))
-    start = time.perf_counter()
-    try:
-        try:
-            args, kwargs = decode_args(core, msg)
-        except SystemFailure as exc:
-            return [ser.error_descriptor(exc)] * len(msg.return_ids), True, 0.0, []
-        value = await fn(*args, **kwargs)
-        del args, kwargs
-        descs, contained = encode_results(core, msg, value)
-        return descs, False, time.perf_counter() - start, contained
-    except BaseException as exc:
-        return [failure_descriptor(exc, msg.name)] * len(msg.return_ids), True, time.perf_counter() - start, []

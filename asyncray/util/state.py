@@ -40,7 +40,7 @@ def _state(kind: str, limit: int = DEFAULT_LIMIT, **args: Any) -> Any:
         raise RuntimeError(
             "asyncray.util.state functions block; they cannot run on asyncray's own event loop thread"
         )
-    return asyncio.run_coroutine_threadsafe(ask(), core.loop).result(TIMEOUT_S + 1)
+    return core.run_coroutine(ask()).result(TIMEOUT_S + 1)
 
 
 def _filters(filters: dict[str, Any] | list[tuple[str, str, Any]] | None) -> dict[str, Any]:
