@@ -468,8 +468,18 @@ class TestTwoNodes:
         for what, port in ports.items():
             for kind, payload in payloads.items():
                 assert closed_without_answer(port, payload), f"{what} (port {port}) kept a connection after {kind}"
+        # An authenticated peer with a well-formed frame whose field has the wrong type: that
+        # connection closes, and nothing of it is kept (it used to list a node with no info,
+        # and `asyncray status` then crashed for everyone).
+        hello = encode(m.Hello(role="node", token=cluster.token(), peer_id=b"bogus-node"))
+        bogus = {"k": "register_node", "rid": 1, "node_id": b"bogus-node", "address": "127.0.0.1:1",
+                 "resources": {"CPU": 1.0}, "info": None}
+        with socket.create_connection(("127.0.0.1", ports["head"]), timeout=5) as s:
+            s.sendall(hello + frame_of(bogus))
+            assert closed_within(s, 5), "the head kept a connection after a register_node with info: null"
         # the services still serve
         assert [n["state"] for n in cluster.nodes()] == ["ALIVE", "ALIVE"]
+        assert "bogus" not in cluster.status()
         res = cluster.driver("""
             asyncray.init(address="auto")
 
@@ -497,6 +507,14 @@ def worker_ports(cluster: Cluster) -> list[int]:
                 if c.status == psutil.CONN_LISTEN:
                     ports.append(c.laddr.port)
     return ports
+
+
+def frame_of(body: dict[str, object]) -> bytes:
+    """A frame around any msgpack map (to send what our own encoder would refuse to make)."""
+    import msgpack
+
+    payload = msgpack.packb(body, use_bin_type=True)
+    return len(payload).to_bytes(4, "big") + payload
 
 
 def closed_without_answer(port: int, payload: bytes, host: str = "127.0.0.1") -> bool:

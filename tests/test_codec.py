@@ -300,6 +300,37 @@ def test_extra_field_names_kind_and_field() -> None:
         FrameDecoder().feed(_frame({"k": "hello", "role": "driver", "bogus": 1}))
 
 
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ({"k": "register_node", "rid": 1, "node_id": b"n", "address": "a", "resources": {}, "info": None},
+         r"field 'info' of 'register_node' is a null"),
+        ({"k": "register_node", "rid": "1", "node_id": b"n", "address": "a", "resources": {}},
+         r"field 'rid' of 'register_node' is a str"),
+        ({"k": "node_resources", "node_id": b"n", "available": {"CPU": "lots"}},
+         r"field 'available' of 'node_resources' is a map with a str entry"),
+        ({"k": "node_resources", "node_id": "n", "available": {}}, r"field 'node_id' of 'node_resources' is a str"),
+        ({"k": "push_task", "task_id": b"t", "fn_id": b"f", "name": "f", "args": [], "kwargs": {},
+          "return_ids": [1], "owner": "o"}, r"field 'return_ids' of 'push_task' is a list with a int item"),
+        ({"k": "task_done", "task_id": b"t", "results": [], "failed": 1}, r"field 'failed' of 'task_done' is a int"),
+        ({"k": "worker_exited", "worker_id": b"w", "exit_code": True}, r"field 'exit_code' of 'worker_exited' is a bool"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_a_protocol_error(body: dict[str, object], match: str) -> None:
+    # Well-formed frames from an authenticated peer can still carry nonsense: the connection
+    # that sent it closes (a ProtocolError), nothing downstream sees a wrongly typed field.
+    with pytest.raises(ProtocolError, match=match):
+        FrameDecoder().feed(_frame(body))
+
+
+def test_fields_of_the_right_type_pass_and_numbers_widen_to_float() -> None:
+    [msg] = FrameDecoder().feed(_frame({"k": "node_resources", "node_id": b"n", "available": {"CPU": 2}}))
+    assert msg == messages.NodeResources(node_id=b"n", available={"CPU": 2})
+    [msg] = FrameDecoder().feed(_frame({"k": "push_task", "task_id": b"t", "fn_id": b"f", "name": "f", "args": [],
+                                        "kwargs": {}, "return_ids": [b"r"], "owner": "o", "fn_blob": None}))
+    assert isinstance(msg, messages.PushTask) and msg.fn_blob is None
+
+
 def test_bytes_key_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="bad fields for 'hello'"):
         FrameDecoder().feed(_frame({"k": "hello", b"role": "driver"}))

@@ -7,6 +7,9 @@ appears here as Python objects: it is pickled first (see ``asyncray._store.seria
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -16,7 +19,77 @@ class ProtocolError(Exception):
 
 
 _REGISTRY: dict[str, type[Message]] = {}
-M = TypeVar("M", bound="type[Message]")
+M = TypeVar("M", bound=type["Message"])
+
+
+# A check of one decoded value: None when it fits, else what is wrong with it.
+Check = Callable[[Any], "str | None"]
+
+
+def _describe(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_for(hint: Any) -> Check | None:
+    """The check for a field's declared type (None: anything goes, as for ``Any``).
+
+    Containers are checked one level deep, their items by their own declared types, so
+    a list of ids really holds bytes; values typed ``Any`` (pickled user data, descriptors)
+    are left to the layer that reads them.
+    """
+    if hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        allows_none = type(None) in options
+        rest = [o for o in options if o is not type(None)]
+        inner = _check_for(rest[0]) if len(rest) == 1 else None
+        if len(rest) != 1 and not allows_none:
+            return None
+
+        def check_optional(v: Any) -> str | None:
+            if v is None:
+                return None if allows_none else "null"
+            return inner(v) if inner is not None else None
+
+        return check_optional
+    if hint is float:
+        return lambda v: None if type(v) in (float, int) else _describe(v)
+    if hint is int:
+        return lambda v: None if type(v) is int else _describe(v)
+    if hint in (bytes, str, bool):
+        return lambda v: None if type(v) is hint else _describe(v)
+    if origin is list:
+        (item_hint,) = typing.get_args(hint) or (Any,)
+        item = _check_for(item_hint)
+
+        def check_list(v: Any) -> str | None:
+            if type(v) is not list:
+                return _describe(v)
+            if item is not None:
+                for x in v:
+                    bad = item(x)
+                    if bad is not None:
+                        return f"list with a {bad} item"
+            return None
+
+        return check_list
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
+        key, value = _check_for(key_hint), _check_for(value_hint)
+
+        def check_dict(v: Any) -> str | None:
+            if type(v) is not dict:
+                return _describe(v)
+            for k, x in v.items():
+                bad = (key(k) if key is not None else None) or (value(x) if value is not None else None)
+                if bad is not None:
+                    return f"map with a {bad} entry"
+            return None
+
+        return check_dict
+    raise TypeError(f"no wire check for the type {hint!r}")
 
 
 class Message:
@@ -25,6 +98,7 @@ class Message:
     __slots__ = ()
     KIND: ClassVar[str] = ""
     _FIELDS: ClassVar[tuple[str, ...]] = ()
+    _CHECKS: ClassVar[tuple[tuple[str, Check], ...]] = ()
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack map for this message."""
@@ -34,14 +108,21 @@ class Message:
         return d
 
 
-def message(kind: str):
+def message(kind: str) -> Callable[[M], M]:
     """Register a dataclass as the message of the given kind."""
 
     def register(cls: M) -> M:
         if kind in _REGISTRY:
             raise ValueError(f"message kind {kind!r} registered twice")
         cls.KIND = kind
-        cls._FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        cls._FIELDS = tuple(f.name for f in fields(cls))
+        hints = typing.get_type_hints(cls)
+        checks = []
+        for name in cls._FIELDS:
+            check = _check_for(hints[name])
+            if check is not None:
+                checks.append((name, check))
+        cls._CHECKS = tuple(checks)
         _REGISTRY[kind] = cls
         return cls
 
@@ -61,9 +142,14 @@ def from_wire(obj: Any) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
     try:
-        return cls(**obj)
+        msg = cls(**obj)
     except TypeError as exc:
         raise ProtocolError(f"bad fields for {kind!r}: {exc}") from exc
+    for name, check in cls._CHECKS:
+        bad = check(getattr(msg, name))
+        if bad is not None:
+            raise ProtocolError(f"field {name!r} of {kind!r} is a {bad}, not what the protocol says")
+    return msg
 
 
 def kinds() -> dict[str, type[Message]]:
