@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from asyncray import exceptions
 from asyncray._client import api as _api
@@ -31,7 +31,15 @@ from asyncray.exceptions import (
     WorkerCrashedError,
 )
 
+if TYPE_CHECKING:
+    from asyncray._actor.handle import ActorClass
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+C = TypeVar("C")
 
 __version__ = "0.1.0"
 
@@ -86,7 +94,7 @@ def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInfo:
         RuntimeError: already initialized (unless ``ignore_reinit_error=True``).
     """
     address, opts = _api.normalize_init(address, kwargs)
-    running = _api.already_running(opts)
+    running: _runtime.RuntimeInfo | None = _api.already_running(opts)
     if running is not None:
         return running
     rt = _runtime.start_blocking(address, opts)
@@ -107,20 +115,44 @@ def is_initialized() -> bool:
     return _runtime.current() is not None
 
 
+class _RemoteDecorator:
+    """What ``@remote(**options)`` returns: apply it to a function or a class."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+
+    @overload
+    def __call__(self, obj: type[C]) -> ActorClass[C]: ...  # type: ignore[overload-overlap]  # classes are callables too; first match wins
+    @overload
+    def __call__(self, obj: Callable[P, Awaitable[R]]) -> RemoteFunction[P, R]: ...
+    @overload
+    def __call__(self, obj: Callable[P, R]) -> RemoteFunction[P, R]: ...
+    def __call__(self, obj: Any) -> Any:
+        return _make_remote(obj, self._options)
+
+
+@overload
+def remote(obj: type[C], /) -> ActorClass[C]: ...  # type: ignore[overload-overlap]  # classes are callables too; first match wins
+@overload
+def remote(obj: Callable[P, Awaitable[R]], /) -> RemoteFunction[P, R]: ...
+@overload
+def remote(obj: Callable[P, R], /) -> RemoteFunction[P, R]: ...
+@overload
+def remote(**options: Any) -> _RemoteDecorator: ...
 def remote(*args: Any, **options: Any) -> Any:
     """Make a function a task or a class an actor; bare or with options.
 
     ``@remote``, ``@remote(num_cpus=2)``, or ``remote(cls)`` on an undecorated class.
+    Typed: ``@remote`` on ``def f(x: int) -> str`` gives a ``RemoteFunction`` whose
+    ``f.remote(x)`` is checked against ``f``'s parameters and returns ``ObjectRef[str]``
+    (``async def`` too: the ref holds what the coroutine returns).
     """
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
     if args:
         raise TypeError("remote() takes a function or class, or only keyword options: @remote(num_cpus=2)")
 
-    def decorate(obj: Any) -> Any:
-        return _make_remote(obj, options)
-
-    return decorate
+    return _RemoteDecorator(options)
 
 
 def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
@@ -143,11 +175,16 @@ def method(**options: Any) -> Any:
     return decorate
 
 
-def put(value: Any) -> ObjectRef:
+def put(value: T) -> ObjectRef[T]:
     """Store a value in the object store; returns its ObjectRef."""
-    return require_core("put()").objects.put(value)
+    ref: ObjectRef[T] = require_core("put()").objects.put(value)
+    return ref
 
 
+@overload
+def get(refs: ObjectRef[T], *, timeout: float | None = None) -> T: ...
+@overload
+def get(refs: Sequence[ObjectRef[T]], *, timeout: float | None = None) -> list[T]: ...
 def get(refs: Any, *, timeout: float | None = None) -> Any:
     """Block for the value of a ref, or the values of a list of refs (same order).
 
@@ -168,7 +205,7 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
 
 def wait(
     refs: Any = None, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True, **kwargs: Any
-) -> tuple[list[ObjectRef], list[ObjectRef]]:
+) -> tuple[list[ObjectRef[Any]], list[ObjectRef[Any]]]:
     """Return ``(ready, not_ready)`` once ``num_returns`` refs are ready or ``timeout`` passes.
 
     Both lists keep the input order.
@@ -180,7 +217,7 @@ def wait(
     return core.objects.split_ready(lst, num_returns)
 
 
-def as_completed(refs: Any, timeout: float | None = None) -> Iterator[ObjectRef]:
+def as_completed(refs: Any, timeout: float | None = None) -> Iterator[ObjectRef[Any]]:
     """Yield refs as their values become ready (completion order).
 
     Raises:
@@ -200,7 +237,7 @@ def as_completed(refs: Any, timeout: float | None = None) -> Iterator[ObjectRef]
         yield from ready
 
 
-def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task behind ``ref``: a pending one never runs, a running one is interrupted.
 
     ``get`` then raises TaskCancelledError. ``force=True`` ends the worker process.

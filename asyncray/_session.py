@@ -53,7 +53,8 @@ def read_cluster() -> dict[str, Any] | None:
     """What ``start`` recorded on this machine, or None."""
     try:
         with open(CLUSTER_FILE) as f:
-            return json.load(f)
+            info: dict[str, Any] | None = json.load(f)
+            return info
     except (OSError, ValueError):
         return None
 

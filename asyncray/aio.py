@@ -6,14 +6,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar, overload
 
 from asyncray._client import api as _api
 from asyncray._client import runtime as _runtime
 from asyncray._client.ref import ObjectRef
 from asyncray._client.remote_function import require_core
 from asyncray.exceptions import GetTimeoutError
+
+T = TypeVar("T")
 
 __all__ = [
     "as_completed",
@@ -35,7 +37,7 @@ async def init(address: str | None = None, **kwargs: Any) -> _runtime.RuntimeInf
         RuntimeError: already initialized (unless ``ignore_reinit_error=True``).
     """
     address, opts = _api.normalize_init(address, kwargs)
-    running = _api.already_running(opts)
+    running: _runtime.RuntimeInfo | None = _api.already_running(opts)
     if running is not None:
         return running
     rt = _runtime.Runtime()
@@ -61,11 +63,16 @@ async def shutdown() -> None:
     await rt.stop()
 
 
-async def put(value: Any) -> ObjectRef:
+async def put(value: T) -> ObjectRef[T]:
     """Store a value; returns its ObjectRef."""
-    return require_core("aio.put()").objects.put(value)
+    ref: ObjectRef[T] = require_core("aio.put()").objects.put(value)
+    return ref
 
 
+@overload
+async def get(refs: ObjectRef[T], *, timeout: float | None = None) -> T: ...
+@overload
+async def get(refs: Sequence[ObjectRef[T]], *, timeout: float | None = None) -> list[T]: ...
 async def get(refs: Any, *, timeout: float | None = None) -> Any:
     """Await the value of a ref or the values of a list of refs (same order).
 
@@ -79,14 +86,14 @@ async def get(refs: Any, *, timeout: float | None = None) -> Any:
 
 async def wait(
     refs: Any = None, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True, **kwargs: Any
-) -> tuple[list[ObjectRef], list[ObjectRef]]:
+) -> tuple[list[ObjectRef[Any]], list[ObjectRef[Any]]]:
     """``(ready, not_ready)`` in input order once ``num_returns`` are ready or time is up."""
     refs = _api.wait_object_refs_kw(refs, kwargs)
     lst = _api.check_wait(refs, num_returns, timeout)
     return await require_core("aio.wait()").objects.wait_async(lst, num_returns, timeout)
 
 
-async def as_completed(refs: Any, timeout: float | None = None) -> AsyncIterator[ObjectRef]:
+async def as_completed(refs: Any, timeout: float | None = None) -> AsyncIterator[ObjectRef[Any]]:
     """Yield refs in completion order (an async iterator).
 
     Raises:
@@ -111,7 +118,7 @@ async def as_completed(refs: Any, timeout: float | None = None) -> AsyncIterator
             f.cancel()
 
 
-async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+async def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task behind ``ref`` (see ``asyncray.cancel``)."""
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")

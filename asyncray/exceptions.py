@@ -136,7 +136,7 @@ def _rebuild_task_error(
 
 def _make_task_error(cause: BaseException | None, function_name: str, traceback_text: str) -> TaskError:
     """Instantiate the dual class without calling the user's ``__init__`` (its signature is unknown)."""
-    cls = _dual_class(type(cause)) if cause is not None else TaskError
+    cls = _dual_class(type(cause)) if cause is not None else TaskError  # type: ignore[arg-type]  # classes hash
     err = Exception.__new__(cls)
     err.args = cause.args if cause is not None else ()
     err.cause = cause

@@ -65,7 +65,7 @@ class _Channel:
         self.inflight: dict[bytes, TaskSpec] = {}
         self.conn: Connection | None = None
         self.address = ""  # the actor's worker, for handing over refs inside results
-        self.ctor_refs: list[ObjectRef] | None = None  # refs in the constructor's arguments: kept
+        self.ctor_refs: list[ObjectRef[Any]] | None = None  # refs in the constructor's arguments: kept
         # alive while the actor may restart (it is built from them again), dropped once it is dead
         self.incarnation = -1
         self.dead: list[Any] | None = None  # error descriptor once the actor is gone for good
@@ -101,8 +101,8 @@ class ActorClient:
     # ------------------------------------------------------------ creating (any thread)
     def create(
         self, actor_id: bytes, name: str, namespace: str, get_if_exists: bool,
-        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef], ctor_refs: list[ObjectRef],
-    ) -> ActorHandle:
+        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef[Any]], ctor_refs: list[ObjectRef[Any]],
+    ) -> ActorHandle[Any]:
         """Ask the head to start an actor; named ones are checked before returning (off-loop)."""
         from asyncray._actor.handle import ActorHandle
 
@@ -127,7 +127,7 @@ class ActorClient:
 
     def _register(
         self, ch: _Channel, name: str, namespace: str, get_if_exists: bool,
-        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef], done: Any,
+        meta: dict[str, Any], spec: dict[str, Any], deps: list[ObjectRef[Any]], done: Any,
     ) -> None:
         def send() -> None:
             descs = {ref.id: self.objects.entry_for(ref).desc for ref in deps}
@@ -163,7 +163,7 @@ class ActorClient:
             done.set_result(fut.result())
 
     # ------------------------------------------------------------ calls
-    def submit(self, handle: ActorHandle, spec: TaskSpec) -> list[ObjectRef]:
+    def submit(self, handle: ActorHandle[Any], spec: TaskSpec) -> list[ObjectRef[Any]]:
         """Number the call in submission order and hand it to the core (any thread)."""
         ch = self._channel(handle._actor_id, handle._meta["class_name"])
         spec.actor = ch
@@ -267,11 +267,11 @@ class ActorClient:
                 ch.ready[spec.seq] = spec
                 ch.send_seq = min(ch.send_seq, spec.seq)
             else:
-                err = ActorDiedError(
+                gone = ActorDiedError(
                     f"actor {ch.class_name}({_ids.short(ch.actor_id)}) died while running {spec.fn.name}"
                     f" and was restarted; the call is not retried (max_task_retries={spec.max_retries})"
                 )
-                tasks.finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
+                tasks.finish(spec, [ser.error_descriptor(gone)] * len(spec.return_ids))
         ch.incarnation = entry["incarnation"]
         ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
         ch.conn = await links.peer(entry["address"])

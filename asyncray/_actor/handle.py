@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from asyncray import _ids
 from asyncray._client import context
@@ -13,6 +13,8 @@ from asyncray._client.task_spec import FunctionDescriptor, encode_args
 
 if TYPE_CHECKING:
     from asyncray._actor.client import ActorClient
+
+C = TypeVar("C")
 
 DEFAULT_ASYNC_CONCURRENCY = 1000
 
@@ -36,10 +38,10 @@ def class_meta(cls: type) -> dict[str, Any]:
     }
 
 
-class ActorClass:
+class ActorClass(Generic[C]):
     """A class made remote: ``Cls.remote(*args)`` starts an actor and returns its handle at once."""
 
-    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+    def __init__(self, cls: type[C], options: dict[str, Any]) -> None:
         self._cls = cls
         self._options = validate(options, ACTOR_OPTIONS, f"actor class {cls.__name__}")
         self._meta = class_meta(cls)
@@ -62,17 +64,17 @@ class ActorClass:
             f"use {self._cls.__name__}.remote(...)"
         )
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[C]:
         """Start an actor; returns its handle without waiting for the constructor."""
         return self._create(args, kwargs, self._options)
 
-    def options(self, **options: Any) -> _ActorClassOptions:
+    def options(self, **options: Any) -> _ActorClassOptions[C]:
         """Per-actor options, same names as ``@remote`` on a class."""
         merged = dict(self._options)
         merged.update(validate(options, ACTOR_OPTIONS, f"actor class {self._cls.__name__}"))
         return _ActorClassOptions(self, merged)
 
-    def _create(self, args: Any, kwargs: dict[str, Any], opts: dict[str, Any]) -> ActorHandle:
+    def _create(self, args: Any, kwargs: dict[str, Any], opts: dict[str, Any]) -> ActorHandle[C]:
         core = require_core(f"{self._cls.__name__}.remote()")
         if self._blob is None or self._blob_core is not core:
             self._blob = FunctionDescriptor.of(self._cls, self._cls.__name__)
@@ -98,7 +100,7 @@ class ActorClass:
             "affinity": _affinity(opts.get("scheduling_strategy")),
         }
         return core.actors.create(
-            _ids.new_id(), name, namespace, bool(opts.get("get_if_exists")), meta, spec, deps, contained
+            _ids.new_id(), name, str(namespace), bool(opts.get("get_if_exists")), meta, spec, deps, contained
         )
 
 
@@ -111,20 +113,23 @@ def _affinity(strategy: Any) -> dict[str, Any] | None:
     return None
 
 
-class _ActorClassOptions:
-    def __init__(self, cls: ActorClass, options: dict[str, Any]) -> None:
+class _ActorClassOptions(Generic[C]):
+    def __init__(self, cls: ActorClass[C], options: dict[str, Any]) -> None:
         self._cls = cls
         self._options = options
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[C]:
         """Start the actor with these options."""
         return self._cls._create(args, kwargs, self._options)
 
 
-class ActorHandle:
-    """A reference to a running actor; ``handle.method.remote(...)`` calls it.
+class ActorHandle(Generic[C]):
+    """A reference to a running actor of class ``C``; ``handle.method.remote(...)`` calls it.
 
-    Handles are values: pass them to tasks and other actors and call them there.
+    Handles are values: pass them to tasks and other actors and call them there. For a type
+    checker, method calls go through ``__getattr__``: ``handle.m.remote(...)`` is not checked
+    against ``C.m`` and gives ``Any`` (Python's type system cannot map a class's methods to
+    remote twins without a plugin).
     """
 
     def __init__(self, actor_id: bytes, meta: dict[str, Any], actors: ActorClient | None, *, owned: bool = False) -> None:
@@ -176,7 +181,7 @@ class ActorHandle:
 class ActorMethod:
     """``handle.method``: call ``.remote(...)`` or ``.options(num_returns=...)``."""
 
-    def __init__(self, handle: ActorHandle, name: str, options: dict[str, Any]) -> None:
+    def __init__(self, handle: ActorHandle[Any], name: str, options: dict[str, Any]) -> None:
         self._handle = handle
         self._name = name
         self._options = options
@@ -211,18 +216,18 @@ class ActorMethod:
         raise TypeError(f"actor methods cannot be called directly; use .{self._name}.remote(...)")
 
 
-def _rebuild_handle(actor_id: bytes, meta: dict[str, Any]) -> ActorHandle:
+def _rebuild_handle(actor_id: bytes, meta: dict[str, Any]) -> ActorHandle[Any]:
     core = context.get_core()
     return ActorHandle(actor_id, meta, core.actors if core is not None else None)
 
 
-async def lookup_actor(core: Any, name: str, namespace: str | None) -> ActorHandle:
+async def lookup_actor(core: Any, name: str, namespace: str | None) -> ActorHandle[Any]:
     """Find a named actor through the head (on the core's loop)."""
     from asyncray._wire import messages as m
 
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs a non-empty actor name")
-    ns = namespace or getattr(core, "namespace", "default")
+    ns: str = namespace or core.namespace
     entry = await core.head.request(m.LookupActor(rid=0, name=name, namespace=ns))
     if entry is None:
         raise ValueError(f"no live actor named {name!r} in namespace {ns!r}")

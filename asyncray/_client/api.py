@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncray._client import context
 from asyncray._client.ref import ObjectRef
 from asyncray._wire import messages as m
+
+if TYPE_CHECKING:
+    from asyncray._client.core import Core
 
 INIT_DEFAULTS: dict[str, Any] = {
     "num_cpus": None, "num_gpus": None, "resources": None, "object_store_memory": None,
@@ -50,7 +53,7 @@ def check_directory(what: str, path: Any) -> None:
         raise ValueError(f"{what}: {os.fspath(path)!r} is not writable by this user")
 
 
-def check_refs(refs: Any, api: str) -> tuple[list[ObjectRef], bool]:
+def check_refs(refs: Any, api: str) -> tuple[list[ObjectRef[Any]], bool]:
     """Accept one ref or a list/tuple of refs; return (list, was_single)."""
     if isinstance(refs, ObjectRef):
         return [refs], True
@@ -62,7 +65,7 @@ def check_refs(refs: Any, api: str) -> tuple[list[ObjectRef], bool]:
     raise TypeError(f"{api}() expects an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
 
 
-def check_wait(refs: Any, num_returns: int, timeout: float | None) -> list[ObjectRef]:
+def check_wait(refs: Any, num_returns: int, timeout: float | None) -> list[ObjectRef[Any]]:
     """Validate wait() arguments as Ray does."""
     if isinstance(refs, ObjectRef):
         raise TypeError("wait() expects a list of ObjectRefs, not a single ObjectRef")
@@ -126,14 +129,14 @@ def sum_resources(nodes: list[dict[str, Any]], field: str) -> dict[str, float]:
 class RuntimeContext:
     """Who is calling: ids of the job, node, worker, task and actor (hex strings)."""
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: Core) -> None:
         task = context.current_task.get()
-        self.job_id = (task.job_id if task and task.job_id else core.job_id).hex()
-        self.node_id = core.node_id.hex()
-        self.worker_id = core.worker_id.hex()
-        self.task_id = task.task_id.hex() if task else None
-        self.actor_id = task.actor_id.hex() if task and task.actor_id else None
-        self.namespace = getattr(core, "namespace", "default")
+        self.job_id: str = core.current_job_id().hex()
+        self.node_id: str = core.node_id.hex()
+        self.worker_id: str = core.worker_id.hex()
+        self.task_id: str | None = task.task_id.hex() if task else None
+        self.actor_id: str | None = task.actor_id.hex() if task and task.actor_id else None
+        self.namespace: str = core.namespace
 
     def get_job_id(self) -> str:
         """The job id."""

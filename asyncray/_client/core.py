@@ -132,11 +132,11 @@ class Core(Service):
         self.tasks.stop()
         if self._server is not None:
             self._server.close()
-        for conn in list(self._peers.values()):
-            conn.close()
-        for conn in (self.node, self.head):
-            if conn is not None:
-                conn.close()
+        for peer in list(self._peers.values()):
+            peer.close()
+        for own in (self.node, self.head):
+            if own is not None:
+                own.close()
         self.store.close()
         self.objects.fail_unresolved(
             ser.error_descriptor(ObjectLostError("the runtime was shut down before this object was ready"))
@@ -185,8 +185,8 @@ class Core(Service):
         for conn in self._incoming:
             if conn.peer is not None and conn.peer.address == address and conn.is_open:
                 return conn
-        conn = self._peers.get(address)
-        return conn if conn is not None and conn.is_open else None
+        opened = self._peers.get(address)
+        return opened if opened is not None and opened.is_open else None
 
     def node_connection(self) -> Connection:
         """The connection to our node (ConnectionLost when it is down)."""

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 RESERVE_TIMEOUT_S = 10.0
 
 
+def _settle(fut: asyncio.Future[None]) -> None:
+    """Complete a readiness future unless it is done already (cancelled by a timeout, say)."""
+    if not fut.done():
+        fut.set_result(None)
+
+
 def peer_address(conn: Connection) -> str:
     """The listening address of the process at the other end of a connection, either way round."""
     return conn.peer.address if conn.peer is not None else conn.state.get("address", "")
@@ -71,7 +77,7 @@ class _Entry:
         self.pinned = False
         self.fetching = False
         self.borrowers: dict[str, int] | None = None  # owner side: borrower address -> count
-        self.contained: list[ObjectRef] | None = None  # refs inside this value, kept while it lives
+        self.contained: list[ObjectRef[Any]] | None = None  # refs inside this value, kept while it lives
         self.pending = False  # a result of our task still running: it frees itself on arrival
 
 
@@ -85,12 +91,12 @@ class _LoopBridge:
     def __init__(self, table: ObjectTable, caller: asyncio.AbstractEventLoop) -> None:
         self.table = table
         self.caller = caller
-        self._to_core: deque[tuple[ObjectRef, asyncio.Future[None]]] = deque()
+        self._to_core: deque[tuple[ObjectRef[Any], asyncio.Future[None]]] = deque()
         self._to_caller: deque[asyncio.Future[None]] = deque()
         self._core_wake = False
         self._caller_wake = False
 
-    def register(self, ref: ObjectRef, fut: asyncio.Future[None]) -> None:
+    def register(self, ref: ObjectRef[Any], fut: asyncio.Future[None]) -> None:
         """Caller's loop: ask to be told when ``ref`` is ready."""
         self._to_core.append((ref, fut))
         if not self._core_wake:
@@ -138,7 +144,7 @@ class ObjectTable:
         self._borrow_out: dict[str, _BorrowNotice] = {}
         self._borrow_flush = False
         self._notice_lock = threading.Lock()  # borrow and free notices are queued from any thread
-        self._handoff: dict[bytes, list[tuple[Connection, ObjectRef]]] = {}
+        self._handoff: dict[bytes, list[tuple[Connection, ObjectRef[Any]]]] = {}
         self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
 
     @property
@@ -260,7 +266,7 @@ class ObjectTable:
         for oid in msg.released:
             self._release_handoff(oid)
 
-    def took_over(self, holder: str, refs: list[ObjectRef]) -> None:
+    def took_over(self, holder: str, refs: list[ObjectRef[Any]]) -> None:
         """We now hold refs that ``holder`` kept alive for us (inside a task's result): let it go.
 
         The notice goes through each object's owner, after our own ``Borrow`` add, so the
@@ -279,7 +285,7 @@ class ObjectTable:
             if not holds:
                 del self._handoff[object_id]
 
-    def hold_for_handoff(self, conn: Connection, refs: list[ObjectRef]) -> None:
+    def hold_for_handoff(self, conn: Connection, refs: list[ObjectRef[Any]]) -> None:
         """Keep our refs returned inside a task's result alive until its caller borrows them.
 
         The caller registers as a borrower when the result arrives and says so through each
@@ -316,9 +322,9 @@ class ObjectTable:
         if entry is not None:
             entry.pinned = True
 
-    def put(self, value: Any) -> ObjectRef:
+    def put(self, value: Any) -> ObjectRef[Any]:
         """Store a value owned by this process (callable from any thread)."""
-        contained: list[ObjectRef] = []
+        contained: list[ObjectRef[Any]] = []
         try:
             with ser.collecting_refs(contained):
                 pickled = ser.dumps(value)
@@ -329,9 +335,9 @@ class ObjectTable:
             self._objects[ref.id].contained = contained
         return ref
 
-    def add_pending(self, object_ids: list[bytes]) -> list[ObjectRef]:
+    def add_pending(self, object_ids: list[bytes]) -> list[ObjectRef[Any]]:
         """Entries (and refs) for the results of a task just submitted (any thread)."""
-        refs = []
+        refs: list[ObjectRef[Any]] = []
         objects, address = self._objects, self.links.address
         for oid in object_ids:
             entry = objects[oid] = _Entry(owned=True)
@@ -339,7 +345,7 @@ class ObjectTable:
             refs.append(ObjectRef(oid, address, self))
         return refs
 
-    def set_result(self, object_id: bytes, desc: list[Any], inner: list[ObjectRef] | None) -> None:
+    def set_result(self, object_id: bytes, desc: list[Any], inner: list[ObjectRef[Any]] | None) -> None:
         """A task's result arrived: store it in its entry and wake waiters (loop thread).
 
         ``inner``: refs inside the value, which live as long as it does. A result nobody
@@ -356,7 +362,7 @@ class ObjectTable:
         self.resolve(entry, desc)
         self._maybe_free(object_id)
 
-    def refs(self, pairs: list[list[Any]]) -> list[ObjectRef]:
+    def refs(self, pairs: list[list[Any]]) -> list[ObjectRef[Any]]:
         """Refs for ``[object_id, owner]`` pairs (refs found inside a result)."""
         return [ObjectRef(oid, owner, self) for oid, owner in pairs]
 
@@ -391,14 +397,14 @@ class ObjectTable:
             if entry.desc is None:
                 self.resolve(entry, desc)
 
-    def put_serialized(self, value: Any, pickled: tuple[bytes, list[Any]]) -> ObjectRef:
+    def put_serialized(self, value: Any, pickled: tuple[bytes, list[Any]]) -> ObjectRef[Any]:
         """Store an already pickled value (inline when small, else in the node's store)."""
         object_id = _ids.new_id()
         desc = ser.make_descriptor(value, self.store, object_id, already=pickled)
         self._objects[object_id] = _Entry(owned=True, desc=desc)
         return ObjectRef(object_id, self.links.address, self)
 
-    def entry_for(self, ref: ObjectRef) -> _Entry:
+    def entry_for(self, ref: ObjectRef[Any]) -> _Entry:
         """The entry for a ref, fetching borrowed values from their owner (loop thread)."""
         entry = self._objects.get(ref.id)
         if entry is not None:
@@ -412,7 +418,7 @@ class ObjectTable:
         self.links.spawn(self._fetch(ref, entry), "fetch-borrowed")
         return entry
 
-    async def _fetch(self, ref: ObjectRef, entry: _Entry) -> None:
+    async def _fetch(self, ref: ObjectRef[Any], entry: _Entry) -> None:
         try:
             conn = await self.links.peer(ref.owner)
             desc = await conn.request(m.GetObject(rid=0, object_id=ref.id))
@@ -433,7 +439,7 @@ class ObjectTable:
             except Exception:
                 log.exception("object waiter failed")
 
-    def when_ready(self, ref: ObjectRef, cb: Callable[[], None]) -> None:
+    def when_ready(self, ref: ObjectRef[Any], cb: Callable[[], None]) -> None:
         """Call ``cb`` on the loop once the ref's value (or error) is known."""
         entry = self.entry_for(ref)
         if entry.desc is not None:
@@ -441,12 +447,12 @@ class ObjectTable:
         else:
             entry.waiters.append(cb)
 
-    def is_ready(self, ref: ObjectRef) -> bool:
+    def is_ready(self, ref: ObjectRef[Any]) -> bool:
         """True when the value or error is known locally (any thread)."""
         entry = self._objects.get(ref.id)
         return entry is not None and entry.desc is not None
 
-    def load(self, ref: ObjectRef) -> Any:
+    def load(self, ref: ObjectRef[Any]) -> Any:
         """Deserialize a ready value in the calling thread; raise its error."""
         entry = self._objects.get(ref.id)
         if entry is None or entry.desc is None:
@@ -479,17 +485,17 @@ class ObjectTable:
     async def _fetch_copy(self, desc: list[Any]) -> Any:
         return await self.links.request_node(m.FetchObject(rid=0, object_id=desc[1], node_id=desc[3], size=int(desc[2])))
 
-    def holds_error(self, ref: ObjectRef) -> bool:
+    def holds_error(self, ref: ObjectRef[Any]) -> bool:
         """True when a ready ref's outcome is an error."""
         entry = self._objects.get(ref.id)
         return entry is not None and entry.desc is not None and entry.desc[0] == ser.ERROR
 
-    def needs_localizing(self, ref: ObjectRef) -> bool:
+    def needs_localizing(self, ref: ObjectRef[Any]) -> bool:
         """True when a ready ref's value sits on another node and is not copied here yet."""
         entry = self._objects.get(ref.id)
         return entry is not None and entry.desc is not None and ser.is_remote(entry.desc, self.store)
 
-    async def localize_refs(self, refs: list[ObjectRef]) -> None:
+    async def localize_refs(self, refs: list[ObjectRef[Any]]) -> None:
         """``localize`` for ready refs, from any loop."""
         descs = [e.desc for r in refs if (e := self._objects.get(r.id)) is not None and e.desc is not None]
         if not any(ser.is_remote(d, self.store) for d in descs):
@@ -523,7 +529,7 @@ class ObjectTable:
         links = self.links
         links.call_soon(links.send_node, m.ObjectLocation(object_id=object_id, node_id=links.node_id, size=size))
 
-    def watch(self, refs: list[ObjectRef], need: int, done: Callable[[], None]) -> None:
+    def watch(self, refs: list[ObjectRef[Any]], need: int, done: Callable[[], None]) -> None:
         """On the loop: call ``done`` once ``need`` of ``refs`` are ready."""
         left = [need]
         if need <= 0:
@@ -538,7 +544,7 @@ class ObjectTable:
         for ref in refs:
             self.when_ready(ref, one)
 
-    def block_until_ready(self, refs: list[ObjectRef], need: int, timeout: float | None, api: str) -> bool:
+    def block_until_ready(self, refs: list[ObjectRef[Any]], need: int, timeout: float | None, api: str) -> bool:
         """Block the calling (non-loop) thread until ``need`` refs are ready. False on timeout."""
         if sum(1 for r in refs if self.is_ready(r)) >= need:
             return True
@@ -568,12 +574,12 @@ class ObjectTable:
             if blocked:
                 links.call_soon(links.send_node, m.WorkerUnblocked(worker_id=links.worker_id))
 
-    def ready_future(self, ref: ObjectRef) -> asyncio.Future[None]:
+    def ready_future(self, ref: ObjectRef[Any]) -> asyncio.Future[None]:
         """A future on the *calling* loop that completes when the ref is ready."""
         caller = asyncio.get_running_loop()
         fut: asyncio.Future[None] = caller.create_future()
         if caller is self.links.loop:
-            self.when_ready(ref, lambda: fut.done() or fut.set_result(None))
+            self.when_ready(ref, functools.partial(_settle, fut))
         else:
             bridge = self._bridges.get(caller)
             if bridge is None or bridge.caller.is_closed():
@@ -581,7 +587,7 @@ class ObjectTable:
             bridge.register(ref, fut)
         return fut
 
-    async def get_async(self, refs: list[ObjectRef], timeout: float | None, *, single: bool = False) -> Any:
+    async def get_async(self, refs: list[ObjectRef[Any]], timeout: float | None, *, single: bool = False) -> Any:
         """Await the values of refs (one value when ``single``)."""
         pending = [self.ready_future(r) for r in refs if not self.is_ready(r)]
         if pending and timeout is None:
@@ -599,8 +605,8 @@ class ObjectTable:
         return [self.load(r) for r in refs]
 
     async def wait_async(
-        self, refs: list[ObjectRef], num_returns: int, timeout: float | None
-    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        self, refs: list[ObjectRef[Any]], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef[Any]], list[ObjectRef[Any]]]:
         """Return (ready, not_ready) in input order once ``num_returns`` are ready or time is up."""
         if sum(1 for r in refs if self.is_ready(r)) < num_returns:
             caller = asyncio.get_running_loop()
@@ -608,9 +614,9 @@ class ObjectTable:
 
             def done() -> None:
                 if caller is self.links.loop:
-                    done_fut.done() or done_fut.set_result(None)
+                    _settle(done_fut)
                 else:
-                    caller.call_soon_threadsafe(lambda: done_fut.done() or done_fut.set_result(None))
+                    caller.call_soon_threadsafe(_settle, done_fut)
 
             self.links.call_soon(self.watch, refs, num_returns, done)
             try:
@@ -619,10 +625,10 @@ class ObjectTable:
                 pass
         return self.split_ready(refs, num_returns)
 
-    def split_ready(self, refs: list[ObjectRef], num_returns: int) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    def split_ready(self, refs: list[ObjectRef[Any]], num_returns: int) -> tuple[list[ObjectRef[Any]], list[ObjectRef[Any]]]:
         """Partition refs into the first ``num_returns`` ready ones and the rest, input order kept."""
-        ready: list[ObjectRef] = []
-        rest: list[ObjectRef] = []
+        ready: list[ObjectRef[Any]] = []
+        rest: list[ObjectRef[Any]] = []
         for r in refs:
             if len(ready) < num_returns and self.is_ready(r):
                 ready.append(r)
@@ -630,7 +636,7 @@ class ObjectTable:
                 rest.append(r)
         return ready, rest
 
-    def concurrent_future(self, ref: ObjectRef) -> concurrent.futures.Future[Any]:
+    def concurrent_future(self, ref: ObjectRef[Any]) -> concurrent.futures.Future[Any]:
         """A thread-safe future for the ref's value."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
 

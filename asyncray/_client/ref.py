@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from asyncray._client import context
 from asyncray._store import serialization
@@ -13,9 +13,11 @@ from asyncray._store import serialization
 if TYPE_CHECKING:
     from asyncray._client.objects import ObjectTable
 
+T_co = TypeVar("T_co", covariant=True)
 
-class ObjectRef:
-    """Refers to an immutable value; ``await ref`` or ``asyncray.get(ref)`` returns it.
+
+class ObjectRef(Generic[T_co]):
+    """Refers to an immutable value of type ``T_co``; ``await ref`` or ``asyncray.get(ref)`` returns it.
 
     The process that made the ref owns the value; every other process that unpickles the
     ref is a borrower and asks the owner for it.
@@ -78,13 +80,14 @@ class ObjectRef:
             raise RuntimeError("this ObjectRef belongs to no running asyncray runtime; call asyncray.init() first")
         return self._objects
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[Any, None, T_co]:
         core = self._require_core()
         if not core.is_ready(self):
             yield from core.ready_future(self).__await__()
         if core.needs_localizing(self):  # stored on another node: copy it here first
             yield from core.localize_refs([self]).__await__()
-        return core.load(self)
+        value: T_co = core.load(self)
+        return value
 
     # ---- asyncio's Future protocol, so that ``asyncio.gather(*refs)`` and ``asyncio.wait(refs)``
     # take refs as they are instead of wrapping each in a Task (a visible cost for 10,000 refs).
@@ -106,9 +109,10 @@ class ObjectRef:
         """Refs are never cancelled as futures (use ``asyncray.cancel``)."""
         return False
 
-    def result(self) -> Any:
+    def result(self) -> T_co:
         """The value of a done ref (raises its error)."""
-        return self._require_core().load(self)
+        value: T_co = self._require_core().load(self)
+        return value
 
     def exception(self) -> BaseException | None:
         """The error of a done ref, or None (without unpickling a value that is not an error)."""
@@ -136,11 +140,11 @@ class ObjectRef:
             return 1
         return 0
 
-    def future(self) -> concurrent.futures.Future[Any]:
+    def future(self) -> concurrent.futures.Future[T_co]:
         """A ``concurrent.futures.Future`` that resolves to the value (or the task's error)."""
         return self._require_core().concurrent_future(self)
 
 
-def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
+def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef[Any]:
     core = context.get_core()
     return ObjectRef(object_id, owner, core.objects if core is not None else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from asyncray._client import context
@@ -35,14 +36,21 @@ def require_core(api: str) -> Core:
 
 
 class RemoteFunction(Generic[P, R]):
-    """A function that runs as a task: ``f.remote(*args)`` returns an ObjectRef at once."""
+    """A function that runs as a task: ``f.remote(*args)`` returns an ``ObjectRef[R]`` at once.
 
-    def __init__(self, fn: Any, options: dict[str, Any]) -> None:
+    Typed: ``.remote()`` takes the parameters of the decorated function (a type checker
+    checks them) and gives a ref to what it returns (for an ``async def``, what its
+    coroutine returns). With ``num_returns`` other than 1 it returns a tuple of refs (or
+    None), which the types cannot follow: annotate those yourself.
+    """
+
+    def __init__(self, fn: Callable[P, Any], options: dict[str, Any]) -> None:
         self._fn = fn
-        self._options = validate(options, TASK_OPTIONS, f"remote function {fn.__name__}")
+        self._name: str = getattr(fn, "__name__", type(fn).__name__)
+        self._options = validate(options, TASK_OPTIONS, f"remote function {self._name}")
         self._descriptor: FunctionDescriptor | None = None
         self._descriptor_core: Any = None
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
         self._is_async = inspect.iscoroutinefunction(fn)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -53,29 +61,30 @@ class RemoteFunction(Generic[P, R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
-            f"remote function {self._fn.__name__} cannot be called directly; "
-            f"use {self._fn.__name__}.remote(...) (or {self._fn.__name__}.options(...).remote(...))"
+            f"remote function {self._name} cannot be called directly; "
+            f"use {self._name}.remote(...) (or {self._name}.options(...).remote(...))"
         )
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Submit a task; returns an ObjectRef (a tuple of them when ``num_returns > 1``)."""
-        return self._submit(args, kwargs, self._options)
+        ref: ObjectRef[R] = self._submit(args, kwargs, self._options)
+        return ref
 
-    def options(self, **options: Any) -> _BoundOptions:
-        """Per-call options, same names as ``@remote``."""
+    def options(self, **options: Any) -> BoundOptions[P, R]:
+        """Per-call options, same names as ``@remote``; the signature stays as it was."""
         merged = dict(self._options)
-        merged.update(validate(options, TASK_OPTIONS, f"remote function {self._fn.__name__}"))
-        return _BoundOptions(self, merged)
+        merged.update(validate(options, TASK_OPTIONS, f"remote function {self._name}"))
+        return BoundOptions(self, merged)
 
-    def _function_descriptor(self, core: Any) -> FunctionDescriptor:
+    def _function_descriptor(self, core: Core) -> FunctionDescriptor:
         # Pickled once per runtime (the hash is its cache key on workers), not per call.
         if self._descriptor is None or self._descriptor_core is not core:
-            self._descriptor = FunctionDescriptor.of(self._fn, self._fn.__name__)
+            self._descriptor = FunctionDescriptor.of(self._fn, self._name)
             self._descriptor_core = core
         return self._descriptor
 
-    def _submit(self, args: Any, kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
-        core = require_core(f"{self._fn.__name__}.remote()")
+    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
+        core = require_core(f"{self._name}.remote()")
         num_returns = opts.get("num_returns", 1)
         max_retries = opts.get("max_retries")
         spec = core.tasks.make_spec(
@@ -86,7 +95,7 @@ class RemoteFunction(Generic[P, R]):
             retry_exceptions=opts.get("retry_exceptions") or False,
             strategy=strategy_of(opts),
         )
-        refs: list[ObjectRef] = core.tasks.submit(spec)
+        refs: list[ObjectRef[Any]] = core.tasks.submit(spec)
         if num_returns == 1:
             return refs[0]
         if num_returns == 0:
@@ -94,13 +103,14 @@ class RemoteFunction(Generic[P, R]):
         return tuple(refs)
 
 
-class _BoundOptions:
-    """``f.options(...)``: call ``.remote()`` on it."""
+class BoundOptions(Generic[P, R]):
+    """``f.options(...)``: call ``.remote()`` on it, with ``f``'s parameters."""
 
-    def __init__(self, fn: RemoteFunction[Any, Any], options: dict[str, Any]) -> None:
+    def __init__(self, fn: RemoteFunction[P, R], options: dict[str, Any]) -> None:
         self._fn = fn
         self._options = options
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> ObjectRef[R]:
         """Submit with these options."""
-        return self._fn._submit(args, kwargs, self._options)
+        ref: ObjectRef[R] = self._fn._submit(args, kwargs, self._options)
+        return ref

@@ -130,7 +130,7 @@ class TaskSubmitter:
     def live_rows(self, limit: int) -> tuple[dict[str, dict[str, int]], list[list[Any]]]:
         """Live tasks counted by function and state, and up to ``limit`` of them listed."""
         counts: dict[str, dict[str, int]] = {}
-        live = []
+        live: list[list[Any]] = []
         for spec in snapshot(self._live).values():
             state = spec.state.name
             by_state = counts.setdefault(spec.fn.name, {})
@@ -156,7 +156,7 @@ class TaskSubmitter:
         self._reclaim_until = time.monotonic() + RECLAIM_WINDOW_S
         self._sweep_idle_leases(all_of_them=True)
 
-    def submit(self, spec: TaskSpec) -> list[ObjectRef]:
+    def submit(self, spec: TaskSpec) -> list[ObjectRef[Any]]:
         """Queue a task (any thread); returns its refs at once."""
         spec.submitted_at = time.time()
         self._live[spec.task_id] = spec
@@ -499,7 +499,7 @@ class TaskSubmitter:
                 )
                 self.finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
 
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
+    def cancel(self, ref: ObjectRef[Any], force: bool) -> None:
         """Cancel the task that makes ``ref`` (loop thread)."""
         spec = self._by_return.get(ref.id)
         if spec is None or spec.state is TaskState.FINISHED:

@@ -58,7 +58,7 @@ class TaskSpec:
     fn: FunctionDescriptor
     args: list[Any]
     kwargs: dict[str, Any]
-    deps: list[ObjectRef]
+    deps: list[ObjectRef[Any]]
     return_ids: list[bytes]
     resources: dict[str, float]
     max_retries: int = 3
@@ -84,7 +84,7 @@ class TaskSpec:
         self.sched_key = (*sorted(self.resources.items()), self.strategy)
 
 
-def _encode_one(objects: ObjectTable, value: Any, what: str, deps: list[ObjectRef]) -> list[Any]:
+def _encode_one(objects: ObjectTable, value: Any, what: str, deps: list[ObjectRef[Any]]) -> list[Any]:
     if type(value) is ObjectRef:
         deps.append(value)
         return [ser.REF, value.id]
@@ -103,13 +103,13 @@ def _encode_one(objects: ObjectTable, value: Any, what: str, deps: list[ObjectRe
 
 def encode_args(
     objects: ObjectTable, name: str, args: Any, kwargs: dict[str, Any]
-) -> tuple[list[Any], dict[str, Any], list[ObjectRef], list[ObjectRef]]:
+) -> tuple[list[Any], dict[str, Any], list[ObjectRef[Any]], list[ObjectRef[Any]]]:
     """Encode call arguments: descriptors, dependencies (top-level refs, resolved before the
     call) and contained refs (nested in arguments: passed as refs, kept alive by the caller
     until the task is done, by which time a worker that kept them is a registered borrower).
     """
-    deps: list[ObjectRef] = []
-    contained: list[ObjectRef] = []
+    deps: list[ObjectRef[Any]] = []
+    contained: list[ObjectRef[Any]] = []
     with ser.collecting_refs(contained):
         arg_descs = [_encode_one(objects, a, f"argument {i} of {name}()", deps) for i, a in enumerate(args)]
         kw_descs = {k: _encode_one(objects, v, f"argument {k!r} of {name}()", deps) for k, v in kwargs.items()}

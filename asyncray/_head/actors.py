@@ -252,7 +252,7 @@ class ActorManager:
             )
         except (OSError, ConnectionLost, RemoteCallError):
             return  # _lost() handles the dead worker
-        if rec.state is ActorState.DEAD:
+        if rec.state is ActorState.DEAD:  # type: ignore[comparison-overlap]  # it may have died while we awaited
             return
         if result.get("error") is not None:
             rec.death_error = result["error"]

@@ -219,9 +219,9 @@ def objects(head: HeadService) -> list[dict[str, Any]]:
     """Objects in the shared-memory stores: size, where each copy is (in memory or spilled to
     disk), the process that owns it, and who references it (refs in the owner, borrowers)."""
     owned: dict[bytes, tuple[Any, list[Any]]] = {}
-    for rep in head.tasks.owners.values():
-        for row in rep.stored or []:
-            owned[row[0]] = (rep, row)
+    for report in head.tasks.owners.values():
+        for stored in report.stored or []:
+            owned[stored[0]] = (report, stored)
     here = os.uname().nodename
     out = []
     for oid, holders in head.objects.items():

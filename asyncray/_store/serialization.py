@@ -108,7 +108,7 @@ def _rebuild_binary(mutable: bool, buf: Any) -> bytes | bytearray:
 def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
     if view.nbytes and view.format != "B":
         try:  # only native single-character formats can be rebuilt (memoryview.cast)
-            memoryview(bytes(view.itemsize)).cast(view.format)
+            memoryview(bytes(view.itemsize)).cast(view.format)  # type: ignore[call-overload]  # any format
         except (ValueError, TypeError):
             raise TypeError(
                 f"a memoryview of format {view.format!r} cannot be rebuilt after pickling; "
@@ -118,7 +118,7 @@ def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
     return _rebuild_memoryview, (buf, view.format, view.shape)
 
 
-def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+def _rebuild_memoryview(buf: Any, fmt: Any, shape: tuple[int, ...]) -> memoryview:
     """A memoryview of the stored bytes themselves (read-only, zero-copy), with its format and shape."""
     view = memoryview(buf)
     if view.format != "B" or view.ndim != 1:
@@ -126,8 +126,10 @@ def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryvie
     if fmt == "B" and len(shape) == 1:
         return view
     if view.nbytes == 0:  # memoryview cannot cast to a shape with zeros: keep the format only
-        return view.cast(fmt)
-    return view.cast(fmt, shape)
+        cast: memoryview = view.cast(fmt)
+        return cast
+    shaped: memoryview = view.cast(fmt, shape)
+    return shaped
 
 
 def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
@@ -141,7 +143,7 @@ def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
     return marshal.loads, (marshal.dumps(code),)
 
 
-class _CloudPickler(cloudpickle.Pickler):
+class _CloudPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no types
     """cloudpickle that keeps code objects' file names and takes nested memoryviews (pickle refuses them)."""
 
     dispatch_table: ClassVar[Any] = collections.ChainMap(

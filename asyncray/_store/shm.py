@@ -74,6 +74,7 @@ class ObjectStore:
         )
         parts: list[Any] = []
         pos = 0
+        part: Any
         for part in (header, data, *raws):
             pad = _align(pos) - pos
             if pad:
@@ -247,8 +248,8 @@ def object_length(fd: int) -> int:
     if len(head) < 16 or head[:4] != MAGIC:
         return os.fstat(fd).st_size
     nbufs, data_len = struct.unpack_from("<IQ", head, 4)
-    lens = struct.unpack(f"<{nbufs}Q", os.pread(fd, 8 * nbufs, 16)) if nbufs else ()
-    pos = _align(16 + 8 * nbufs) + data_len
+    lens: tuple[int, ...] = struct.unpack(f"<{nbufs}Q", os.pread(fd, 8 * nbufs, 16)) if nbufs else ()
+    pos: int = _align(16 + 8 * nbufs) + data_len
     for n in lens:
         pos = _align(pos) + n
     return pos

@@ -85,7 +85,7 @@ class WriteMaps:
                 kept.close()
             return False
         ready = kept.mm is not None and kept.mapped is not None and kept.mapped.done()
-        if ready:
+        if ready and kept.mm is not None:
             try:
                 self._copy(np, kept.mm, parts, size)
             except BaseException:

@@ -18,7 +18,7 @@ _HEADER_BYTES = 4
 def encode(msg: Message) -> bytes:
     """Return the frame for one message: length prefix plus msgpack body."""
     try:
-        body = msgpack.packb(msg.to_wire(), use_bin_type=True)
+        body: bytes = msgpack.packb(msg.to_wire(), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"{type(msg).__name__} cannot be encoded: {exc}") from exc
     if len(body) > MAX_FRAME_BYTES:

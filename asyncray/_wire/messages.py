@@ -115,7 +115,7 @@ def message(kind: str) -> Callable[[M], M]:
         if kind in _REGISTRY:
             raise ValueError(f"message kind {kind!r} registered twice")
         cls.KIND = kind
-        cls._FIELDS = tuple(f.name for f in fields(cls))
+        cls._FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]  # a dataclass by now
         hints = typing.get_type_hints(cls)
         checks = []
         for name in cls._FIELDS:

@@ -24,7 +24,7 @@ from asyncray.exceptions import SystemFailure, TaskCancelledError, TaskError
 
 def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     """Interrupt a thread running Python code by raising ``exc_type`` in it."""
-    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    n: int = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
     return n == 1
 
 

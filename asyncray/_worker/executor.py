@@ -21,7 +21,15 @@ from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
 from asyncray._worker.actor_host import ActorHost
-from asyncray._worker.calls import failure_descriptor, needs_localizing, raise_in_thread, run_async, run_sync, send_done
+from asyncray._worker.calls import (
+    Outcome,
+    failure_descriptor,
+    needs_localizing,
+    raise_in_thread,
+    run_async,
+    run_sync,
+    send_done,
+)
 from asyncray.exceptions import TaskCancelledError
 
 log = logging.getLogger(__name__)
@@ -154,7 +162,7 @@ class TaskExecutor:
             conn, msg, fn, actor_id, job_id, after = item
             if msg.task_id in self._cancelled_queued:
                 self._cancelled_queued.discard(msg.task_id)
-                outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, [])
+                outcome: Outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, [])
             else:
                 self._running[msg.task_id] = ident
                 self._current_sync = msg.task_id

@@ -79,5 +79,5 @@ class LogForwarder(io.TextIOBase):
 
 def install(core: Any) -> None:
     """Replace sys.stdout/sys.stderr of this worker with forwarders."""
-    sys.stdout = LogForwarder(core, "stdout", sys.__stdout__)  # type: ignore[assignment]
-    sys.stderr = LogForwarder(core, "stderr", sys.__stderr__)  # type: ignore[assignment]
+    sys.stdout = LogForwarder(core, "stdout", sys.__stdout__ or sys.stdout)
+    sys.stderr = LogForwarder(core, "stderr", sys.__stderr__ or sys.stderr)

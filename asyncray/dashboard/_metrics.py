@@ -69,14 +69,14 @@ async def render(head: HeadService, loop_lag_s: float) -> str:
     w.sample("asyncray_task_latency_seconds_count", total)
 
     w.family("asyncray_object_store_used_bytes", "gauge", "Bytes of objects in each node's shared-memory store.")
-    for n in nodes:
-        w.sample("asyncray_object_store_used_bytes", n["object_store_used"], {"node_id": n["node_id"][:8]})
+    for nd in nodes:
+        w.sample("asyncray_object_store_used_bytes", nd["object_store_used"], {"node_id": nd["node_id"][:8]})
     w.family("asyncray_object_store_capacity_bytes", "gauge", "Object store size of each node.")
-    for n in nodes:
-        w.sample("asyncray_object_store_capacity_bytes", n["object_store_total"], {"node_id": n["node_id"][:8]})
+    for nd in nodes:
+        w.sample("asyncray_object_store_capacity_bytes", nd["object_store_total"], {"node_id": nd["node_id"][:8]})
     w.family("asyncray_object_store_spilled_bytes", "gauge", "Bytes of objects spilled to disk.")
-    for n in nodes:
-        w.sample("asyncray_object_store_spilled_bytes", n.get("object_store_spilled", 0), {"node_id": n["node_id"][:8]})
+    for nd in nodes:
+        w.sample("asyncray_object_store_spilled_bytes", nd.get("object_store_spilled", 0), {"node_id": nd["node_id"][:8]})
     w.family("asyncray_objects_stored", "gauge", "Objects in shared-memory stores.")
     w.sample("asyncray_objects_stored", sum(1 for h in head.objects.values() if h))
 
@@ -112,25 +112,25 @@ async def render(head: HeadService, loop_lag_s: float) -> str:
             w.sample("asyncray_actor_loop_lag_seconds", a["loop_lag_ms"] / 1000, labels)
 
     w.family("asyncray_nodes", "gauge", "Nodes by liveness.")
-    w.sample("asyncray_nodes", sum(1 for n in nodes if n["alive"]), {"state": "ALIVE"})
-    w.sample("asyncray_nodes", sum(1 for n in nodes if not n["alive"]), {"state": "DEAD"})
+    w.sample("asyncray_nodes", sum(1 for nd in nodes if nd["alive"]), {"state": "ALIVE"})
+    w.sample("asyncray_nodes", sum(1 for nd in nodes if not nd["alive"]), {"state": "DEAD"})
     host_metrics = (
         ("asyncray_node_cpu_percent", "cpu_percent", "CPU use of each live node's machine."),
         ("asyncray_node_memory_used_bytes", "mem_used", "Memory in use on each live node's machine."),
         ("asyncray_node_memory_total_bytes", "mem_total", "Memory of each live node's machine."),
     )
-    for metric, key, help_text in host_metrics:
+    for metric, host_key, help_text in host_metrics:
         w.family(metric, "gauge", help_text)
-        for n in nodes:
-            if n["host"]:
-                labels = {"node_id": n["node_id"][:8], "hostname": n["host"].get("hostname", "")}
-                w.sample(metric, n["host"].get(key, 0), labels)
-    for metric, field in (("asyncray_node_resource_total", "resources"), ("asyncray_node_resource_available", "available")):
-        w.family(metric, "gauge", f"Logical resources of each node ({field}).")
-        for n in nodes:
-            for res in sorted(n["resources"]):
+        for nd in nodes:
+            if nd["host"]:
+                labels = {"node_id": nd["node_id"][:8], "hostname": nd["host"].get("hostname", "")}
+                w.sample(metric, nd["host"].get(host_key, 0), labels)
+    for metric, which in (("asyncray_node_resource_total", "resources"), ("asyncray_node_resource_available", "available")):
+        w.family(metric, "gauge", f"Logical resources of each node ({which}).")
+        for nd in nodes:
+            for res in sorted(nd["resources"]):
                 if not res.startswith("node:"):
-                    w.sample(metric, n[field].get(res, 0.0), {"node_id": n["node_id"][:8], "resource": res})
+                    w.sample(metric, nd[which].get(res, 0.0), {"node_id": nd["node_id"][:8], "resource": res})
 
     w.family("asyncray_jobs", "gauge", "Jobs by status.")
     jobs: dict[str, int] = {}

@@ -19,13 +19,13 @@ class ActorPool:
 
     def __init__(self, actors: Iterable[Any]) -> None:
         self._idle: deque[Any] = deque(actors)
-        self._future_to_actor: dict[ObjectRef, tuple[int, Any]] = {}
-        self._index_to_future: dict[int, ObjectRef] = {}
+        self._future_to_actor: dict[ObjectRef[Any], tuple[int, Any]] = {}
+        self._index_to_future: dict[int, ObjectRef[Any]] = {}
         self._next_task_index = 0
-        self._pending: deque[tuple[Callable[[Any, Any], ObjectRef], Any]] = deque()
+        self._pending: deque[tuple[Callable[[Any, Any], ObjectRef[Any]], Any]] = deque()
 
     # ------------------------------------------------------------ submitting
-    def submit(self, fn: Callable[[Any, Any], ObjectRef], value: Any) -> None:
+    def submit(self, fn: Callable[[Any, Any], ObjectRef[Any]], value: Any) -> None:
         """Run ``fn(actor, value)`` on an idle actor, or queue it until one is free."""
         if self._idle:
             actor = self._idle.popleft()
@@ -51,7 +51,7 @@ class ActorPool:
         if self._pending:
             self.submit(*self._pending.popleft())
 
-    def _take(self, ref: ObjectRef) -> None:
+    def _take(self, ref: ObjectRef[Any]) -> None:
         index, actor = self._future_to_actor.pop(ref)
         self._index_to_future.pop(index, None)
         self._return_actor(actor)
@@ -79,14 +79,14 @@ class ActorPool:
         self._take(ref)
         return asyncray.get(ref)
 
-    def map(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> Iterator[Any]:
+    def map(self, fn: Callable[[Any, Any], ObjectRef[Any]], values: Iterable[Any]) -> Iterator[Any]:
         """Apply ``fn`` over values; results in input order."""
         for v in values:
             self.submit(fn, v)
         while self.has_next():
             yield self.get_next()
 
-    def map_unordered(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> Iterator[Any]:
+    def map_unordered(self, fn: Callable[[Any, Any], ObjectRef[Any]], values: Iterable[Any]) -> Iterator[Any]:
         """Apply ``fn`` over values; results as they complete."""
         for v in values:
             self.submit(fn, v)
@@ -103,14 +103,14 @@ class ActorPool:
         self._take(ref)
         return value
 
-    async def amap(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> AsyncIterator[Any]:
+    async def amap(self, fn: Callable[[Any, Any], ObjectRef[Any]], values: Iterable[Any]) -> AsyncIterator[Any]:
         """``map`` for async code: ``async for result in pool.amap(fn, values)``."""
         for v in values:
             self.submit(fn, v)
         while self.has_next():
             yield await self.aget_next()
 
-    async def amap_unordered(self, fn: Callable[[Any, Any], ObjectRef], values: Iterable[Any]) -> AsyncIterator[Any]:
+    async def amap_unordered(self, fn: Callable[[Any, Any], ObjectRef[Any]], values: Iterable[Any]) -> AsyncIterator[Any]:
         """``map_unordered`` for async code."""
         for v in values:
             self.submit(fn, v)

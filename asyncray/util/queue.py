@@ -66,7 +66,8 @@ class Queue:
 
     def size(self) -> int:
         """Items in the queue now."""
-        return asyncray.get(self.actor.qsize.remote())
+        n: int = asyncray.get(self.actor.qsize.remote())
+        return n
 
     qsize = size
 
@@ -119,11 +120,18 @@ def _unwrap(call: Any) -> Any:
     try:
         return call()
     except (Empty, Full) as exc:
-        raise type(exc.cause if isinstance(exc, asyncray.TaskError) else exc)(*exc.args) from None
+        raise _plain(exc) from None
+
+
+def _plain(exc: Exception) -> BaseException:
+    """The plain Empty or Full for one that came back from the actor as a TaskError."""
+    cause = exc.cause if isinstance(exc, asyncray.TaskError) else None
+    cls: type[BaseException] = type(cause) if cause is not None else type(exc)
+    return cls(*exc.args)
 
 
 async def _aunwrap(ref: Any) -> Any:
     try:
         return await ref
     except (Empty, Full) as exc:
-        raise type(exc.cause if isinstance(exc, asyncray.TaskError) else exc)(*exc.args) from None
+        raise _plain(exc) from None
