@@ -58,7 +58,7 @@ class Head:
 
     async def state(self, kind: str, limit: int = 1000, **args: Any) -> Any:
         """One kind of cluster state (see ``asyncray._head.state_api``)."""
-        return await self.request(m.GetState(rid=0, kind=kind, limit=limit, args=args))
+        return await self.request(m.GetState(rid=0, kind=m.StateKind(kind), limit=limit, args=args))
 
 
 def _run(args: argparse.Namespace, body: Callable[[Head], Any]) -> int:

@@ -225,7 +225,7 @@ async def _cluster_state(address: str, token: str) -> list[dict[str, Any]]:
         state = await asyncio.wait_for(conn.request(m.GetClusterState(rid=0)), 10)
     finally:
         conn.close()
-    return list(state["nodes"])
+    return [n.to_wire() for n in state.nodes]
 
 
 def _fmt_amount(name: str, v: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import types
 import typing
 from pathlib import Path
@@ -37,7 +38,7 @@ _SAMPLES: dict[Any, Any] = {
 }
 
 
-def _hints(cls: type[Message]) -> dict[str, Any]:
+def _hints(cls: type[Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
 
@@ -56,6 +57,10 @@ def _sample(tp: Any) -> Any:
     tp = _non_none(tp)
     if tp in _SAMPLES:
         return _SAMPLES[tp]
+    if isinstance(tp, type) and issubclass(tp, messages.Payload):
+        return tp(**{name: _sample(t) for name, t in _hints(tp).items()})
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return next(iter(tp))
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is list:
         return [_sample(args[0]), _sample(args[0])]
@@ -87,6 +92,10 @@ def _strategy(tp: Any) -> st.SearchStrategy[Any]:
             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
             max_leaves=8,
         )
+    elif isinstance(tp_inner, type) and issubclass(tp_inner, messages.Payload):
+        base = st.builds(tp_inner, **{name: _strategy(t) for name, t in _hints(tp_inner).items()})
+    elif isinstance(tp_inner, type) and issubclass(tp_inner, enum.Enum):
+        base = st.sampled_from(list(tp_inner))
     elif typing.get_origin(tp_inner) is list:
         base = st.lists(_strategy(typing.get_args(tp_inner)[0]), max_size=3)
     elif typing.get_origin(tp_inner) is dict:

@@ -25,8 +25,8 @@ from asyncray._node.scheduler import (
     Reject,
     StartWorker,
     WorkerState,
-    _fits,
 )
+from asyncray._placement import fits as _fits
 
 
 def _id_factory() -> Callable[[], bytes]:

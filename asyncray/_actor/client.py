@@ -21,6 +21,7 @@ from asyncray._store import serialization as ser
 from asyncray._threads import snapshot
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
+from asyncray._wire.messages import ProtocolError
 from asyncray.exceptions import ActorDiedError, TaskCancelledError
 
 if TYPE_CHECKING:
@@ -119,10 +120,10 @@ class ActorClient:
             result = done.result()
             if isinstance(result, BaseException):
                 raise result
-            if result.get("existing"):
-                entry = result["existing"]
+            existing: m.ActorEntry | None = result.existing
+            if existing is not None:
                 self._channels.pop(actor_id, None)
-                return ActorHandle(entry["actor_id"], entry["meta"], self)
+                return ActorHandle(existing.actor_id, existing.meta, self)
         return ActorHandle(actor_id, meta, self, owned=not (name or spec["detached"]))
 
     def _register(
@@ -209,18 +210,18 @@ class ActorClient:
         links = self.links
         try:
             entry = await links.request_head(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
-            if entry["state"] == "DEAD":
-                self._die(ch, ser.error_descriptor(death_error(ch, entry)))
+            if entry.state == "DEAD":
+                self._die(ch, ser.error_descriptor(death_error(ch, entry.death_cause, entry.death_error)))
                 return
-            conn = await links.peer(entry["address"])
-        except (OSError, ConnectionLost, RemoteCallError) as exc:
+            conn = await links.peer(entry.address)
+        except (OSError, ConnectionLost, RemoteCallError, ProtocolError) as exc:
             self._die(ch, ser.error_descriptor(ActorDiedError(f"actor {ch.class_name} cannot be reached: {exc}")))
             return
         finally:
             ch.resolving = False
-        ch.incarnation = entry["incarnation"]
-        ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
-        ch.conn, ch.address = conn, entry["address"]
+        ch.incarnation = entry.incarnation
+        ch.pid, ch.node_id = entry.pid, entry.node_id
+        ch.conn, ch.address = conn, entry.address
         self._flush(ch)
 
     def owns_task(self, task_id: bytes) -> bool:
@@ -250,11 +251,14 @@ class ActorClient:
     async def _after_loss(self, ch: _Channel, lost: list[TaskSpec]) -> None:
         links, tasks = self.links, self.tasks
         try:
-            entry = await links.request_head(m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation))
-        except (ConnectionLost, RemoteCallError) as exc:
-            entry = {"state": "DEAD", "death_cause": f"the head cannot be reached ({exc})", "death_error": None}
-        if entry["state"] == "DEAD":
-            err = ser.error_descriptor(death_error(ch, entry))
+            entry: m.ActorEntry = await links.request_head(
+                m.WaitActor(rid=0, actor_id=ch.actor_id, after=ch.incarnation)
+            )
+            dead, cause, blob = entry.state == "DEAD", entry.death_cause, entry.death_error
+        except (ConnectionLost, RemoteCallError, ProtocolError) as exc:
+            dead, cause, blob = True, f"the head cannot be reached ({exc})", None
+        if dead:
+            err = ser.error_descriptor(death_error(ch, cause, blob))
             for spec in lost:
                 tasks.finish(spec, [err] * len(spec.return_ids))
             self._die(ch, err)
@@ -272,10 +276,10 @@ class ActorClient:
                     f" and was restarted; the call is not retried (max_task_retries={spec.max_retries})"
                 )
                 tasks.finish(spec, [ser.error_descriptor(gone)] * len(spec.return_ids))
-        ch.incarnation = entry["incarnation"]
-        ch.pid, ch.node_id = entry.get("pid", 0), entry.get("node_id", b"")
-        ch.conn = await links.peer(entry["address"])
-        ch.address = entry["address"]
+        ch.incarnation = entry.incarnation
+        ch.pid, ch.node_id = entry.pid, entry.node_id
+        ch.conn = await links.peer(entry.address)
+        ch.address = entry.address
         self._flush(ch)
 
     def _die(self, ch: _Channel, desc: list[Any]) -> None:
@@ -336,10 +340,9 @@ class ActorClient:
         self.links.spawn(self.kill(ch.actor_id, True, "all handles to it went out of scope"), "release-actor")
 
 
-def death_error(ch: _Channel, entry: dict[str, Any]) -> ActorDiedError:
+def death_error(ch: _Channel, cause: str, err_blob: bytes | None) -> ActorDiedError:
     """The ActorDiedError for a dead actor, carrying the constructor's error when it raised."""
-    cause = entry.get("death_cause") or "it died"
-    err_blob = entry.get("death_error")
+    cause = cause or "it died"
     ctor_exc: BaseException | None = None
     if err_blob:
         try:

@@ -95,33 +95,34 @@ def wait_object_refs_kw(refs: Any, kwargs: dict[str, Any]) -> Any:
     return refs
 
 
-async def cluster_state(core: Any) -> list[dict[str, Any]]:
+async def cluster_state(core: Core) -> list[m.NodeView]:
     """Every node the head knows, with totals and free resources."""
-    state = await core.head.request(m.GetClusterState(rid=0))
-    return list(state["nodes"])
+    state: m.ClusterState = await core.request_head(m.GetClusterState(rid=0))
+    return state.nodes
 
 
-def nodes_view(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def nodes_view(nodes: list[m.NodeView]) -> list[dict[str, Any]]:
     """Ray-shaped ``nodes()`` entries."""
     return [
         {
-            "NodeID": n["node_id"].hex(),
-            "Alive": n["alive"],
-            "NodeManagerAddress": n["info"].get("hostname", ""),
-            "Address": n["address"],
-            "Resources": dict(n["resources"]),
-            "Available": dict(n["available"]),
+            "NodeID": n.node_id.hex(),
+            "Alive": n.alive,
+            "NodeManagerAddress": n.info.get("hostname", ""),
+            "Address": n.address,
+            "Resources": dict(n.resources),
+            "Available": dict(n.available),
         }
         for n in nodes
     ]
 
 
-def sum_resources(nodes: list[dict[str, Any]], field: str) -> dict[str, float]:
-    """Add a resource map over the live nodes."""
+def sum_resources(nodes: list[m.NodeView], field: str) -> dict[str, float]:
+    """Add a resource map (``resources`` or ``available``) over the live nodes."""
     out: dict[str, float] = {}
     for n in nodes:
-        if n["alive"]:
-            for k, v in n[field].items():
+        if n.alive:
+            amounts: dict[str, float] = n.resources if field == "resources" else n.available
+            for k, v in amounts.items():
                 out[k] = out.get(k, 0.0) + v
     return out
 

@@ -222,7 +222,8 @@ class Runtime:
         finally:
             probe.close()
         host = os.uname().nodename
-        local = [n for n in state["nodes"] if n["alive"] and n["info"].get("hostname") == host]
+        nodes: list[m.NodeView] = state.nodes
+        local = [n for n in nodes if n.alive and n.info.get("hostname") == host]
         if not local:
             raise ConnectionError(
                 f"no live node of the cluster at {head_address} runs on this machine ({host}); "
@@ -233,14 +234,14 @@ class Runtime:
         self.session_dir = new_session_dir(f"s{os.getpid()}-{secrets.token_hex(3)}")
         listen_host = head_address.rpartition(":")[0] if not head_address.startswith("unix:") else ""
         self.core = Core(
-            role="driver", node_address=node["address"], head_address=head_address,
-            session_dir=self.session_dir, store_dir=node["info"]["store_dir"], node_id=node["node_id"],
+            role="driver", node_address=node.address, head_address=head_address,
+            session_dir=self.session_dir, store_dir=node.info["store_dir"], node_id=node.node_id,
             token=token, log_to_driver=log_to_driver, listen_host=listen_host, namespace=self.namespace,
-            spill_dir=node["info"].get("spill_dir", ""),
+            spill_dir=node.info.get("spill_dir", ""),
         )
         await self.core.start()
         install(self.core)
-        self.info = RuntimeInfo(address=head_address, node_id=node["node_id"].hex(), session_dir=self.session_dir)
+        self.info = RuntimeInfo(address=head_address, node_id=node.node_id.hex(), session_dir=self.session_dir)
         return self.info
 
     def _start_dashboard_later(self, host: str, port: int) -> str | None:

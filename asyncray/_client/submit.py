@@ -16,15 +16,18 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
+from asyncray import _placement as placement
 from asyncray._client.context import current_job_id
 from asyncray._client.links import CoreLinks
 from asyncray._client.objects import ObjectTable
 from asyncray._client.ref import ObjectRef
 from asyncray._client.task_spec import FunctionDescriptor, TaskSpec, TaskState
+from asyncray._leasing import request_lease
 from asyncray._store import serialization as ser
 from asyncray._threads import snapshot
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
+from asyncray._wire.messages import ProtocolError
 from asyncray.exceptions import (
     TaskCancelledError,
     TaskUnschedulableError,
@@ -49,8 +52,6 @@ MAX_EVENTS_PER_REPORT = 20_000
 # Tasks no node can run are retried this often, and fail after the timeout (env var overrides).
 UNSCHEDULABLE_RETRY_S = 0.5
 DEFAULT_UNSCHEDULABLE_TIMEOUT_S = 5.0
-# A node that is full may point a lease request to another node, at most this many times.
-MAX_REDIRECTS = 3
 # Tasks of a function known to run shorter than this are pipelined: up to PIPELINE_DEPTH sit
 # on one leased worker, so it never idles for a round trip. Unknown or longer functions get
 # one at a time, so a long task never holds up another behind it.
@@ -65,13 +66,13 @@ class _Lease:
         "address", "conn", "idle_since", "inflight", "lease_id", "node_conn", "node_id", "pid", "queue", "worker_id",
     )
 
-    def __init__(self, grant: dict[str, Any], conn: Connection, queue: _SchedQueue, node_conn: Connection) -> None:
+    def __init__(self, grant: m.LeaseGrant, conn: Connection, queue: _SchedQueue, node_conn: Connection) -> None:
         self.node_conn = node_conn  # the node that granted it (maybe not ours: spillback)
-        self.node_id: bytes = grant.get("node_id", b"")
-        self.lease_id: int = grant["lease_id"]
-        self.worker_id: bytes = grant["worker_id"]
-        self.pid: int = grant["pid"]
-        self.address: str = grant["address"]
+        self.node_id = grant.node_id
+        self.lease_id = grant.lease_id
+        self.worker_id = grant.worker_id
+        self.pid = grant.pid
+        self.address = grant.address
         self.conn = conn
         self.queue = queue
         self.inflight = 0
@@ -119,7 +120,7 @@ class TaskSubmitter:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._reclaim_until = 0.0
         self._spread_next = 0
-        self._view: list[dict[str, Any]] = []
+        self._view: list[m.NodeView] = []
         self._view_at = 0.0
 
     # ------------------------------------------------------------ what the reporter reads
@@ -238,72 +239,48 @@ class TaskSubmitter:
 
     async def _request_lease(self, q: _SchedQueue) -> None:
         try:
-            node_conn, label = await self._lease_target(q.strategy)
-            grant = await node_conn.request(m.RequestLease(rid=0, resources=q.resources, label=label))
-            for _ in range(MAX_REDIRECTS):  # spillback: that node is full, another is not
-                if "redirect" not in grant:
-                    break
-                node_conn = await self.links.peer(grant["redirect"])
-                grant = await node_conn.request(m.RequestLease(rid=0, resources=q.resources, label="affinity:redirected"))
-        except TaskUnschedulableError as exc:  # a hard node affinity to a dead node
+            node_conn = self.links.node_connection()
+            label = placement.LABEL_DEFAULT
+            if q.strategy is not None:
+                target = placement.lease_target(q.strategy, await self.cluster_view(), self._spread_next)
+                self._spread_next += target.label == placement.LABEL_SPREAD
+                label = target.label
+                if target.node is not None and target.node.node_id != self.links.node_id:
+                    node_conn = await self.links.peer(target.node.address)
+            node_conn, reply = await request_lease(
+                node_conn, q.resources, label, connect_to=self.links.peer, redirected_label=placement.LABEL_REDIRECTED,
+            )
+        except placement.Unplaceable as exc:  # a hard node affinity to a dead node
             q.requesting -= 1
-            self._fail_queue(q, exc)
+            self._fail_queue(q, TaskUnschedulableError(str(exc)))
             return
         except RemoteCallError as exc:
             q.requesting -= 1
             self._unschedulable(q, str(exc))
             return
-        except (ConnectionLost, OSError):
+        except (ConnectionLost, OSError, ProtocolError):
             q.requesting -= 1
             self.links.loop.call_later(0.2, self._pump, q)  # the node went away; try again shortly
             return
         q.requesting -= 1
         q.unschedulable_since = 0.0
-        if "redirect" in grant:
+        if isinstance(reply, m.LeaseRedirect):  # redirected too often: start over
             self._pump(q)
             return
         try:
-            conn = await self.links.peer(grant["address"])
+            conn = await self.links.peer(reply.address)
         except OSError:
-            node_conn.send(m.ReturnLease(lease_id=grant["lease_id"], kill=True))
+            node_conn.send(m.ReturnLease(lease_id=reply.lease_id, kill=True))
             self._pump(q)
             return
-        self._lease_free(_Lease(grant, conn, q, node_conn))
+        self._lease_free(_Lease(reply, conn, q, node_conn))
 
-    async def _lease_target(self, strategy: Any) -> tuple[Connection, str]:
-        """Which node to ask for a lease: ours, or the one a strategy names."""
-        if strategy is None:
-            return await self._own_node(), ""
-        nodes = [n for n in await self.cluster_view() if n["alive"]]
-        if strategy == "SPREAD":
-            if not nodes:
-                return await self._own_node(), ""
-            self._spread_next += 1
-            node = nodes[self._spread_next % len(nodes)]
-            return await self._node_conn(node), "affinity:spread"
-        target = next((n for n in nodes if n["node_id"].hex() == strategy.node_id), None)
-        if target is None:
-            if strategy.soft:
-                return await self._own_node(), ""
-            raise TaskUnschedulableError(
-                f"node {strategy.node_id} (NodeAffinitySchedulingStrategy, soft=False) is dead or unknown"
-            )
-        return await self._node_conn(target), "affinity:hard" if not strategy.soft else "affinity:soft"
-
-    async def _own_node(self) -> Connection:
-        return self.links.node_connection()
-
-    async def _node_conn(self, node: dict[str, Any]) -> Connection:
-        if node["node_id"] == self.links.node_id:
-            return await self._own_node()
-        return await self.links.peer(node["address"])
-
-    async def cluster_view(self) -> list[dict[str, Any]]:
+    async def cluster_view(self) -> list[m.NodeView]:
         """The head's list of nodes, cached briefly."""
         now = time.monotonic()
         if now - self._view_at > 0.5:
-            state = await self.links.request_head(m.GetClusterState(rid=0))
-            self._view, self._view_at = state["nodes"], now
+            state: m.ClusterState = await self.links.request_head(m.GetClusterState(rid=0))
+            self._view, self._view_at = state.nodes, now
         return self._view
 
     def _unschedulable(self, q: _SchedQueue, reason: str) -> None:

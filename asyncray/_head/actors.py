@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
+from asyncray import _placement as placement
+from asyncray._leasing import request_lease
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError, connect
+from asyncray._wire.messages import ProtocolError
 
 if TYPE_CHECKING:
     from asyncray._head.service import HeadService
@@ -102,7 +105,7 @@ class ActorManager:
             existing = self.names.get(key)
             if existing is not None and self.actors[existing].state is not ActorState.DEAD:
                 if msg.get_if_exists:
-                    conn.reply(msg.rid, {"existing": self.actors[existing].entry()})
+                    conn.reply(msg.rid, m.ActorRegistered(existing=m.ActorEntry(**self.actors[existing].entry())))
                 else:
                     conn.reply(
                         msg.rid,
@@ -113,7 +116,7 @@ class ActorManager:
             self.names[key] = msg.actor_id
         rec = ActorRecord(msg.actor_id, msg.name, msg.namespace, msg.meta, msg.spec, owner=conn)
         self.actors[msg.actor_id] = rec
-        conn.reply(msg.rid, {"existing": None})
+        conn.reply(msg.rid, m.ActorRegistered())
         self.head.spawn(self._place(rec), f"place-actor-{_ids.short(rec.actor_id)}")
 
     def wait(self, conn: Connection, msg: m.WaitActor) -> None:
@@ -173,6 +176,13 @@ class ActorManager:
                 self._mark_dead(rec, "its owner (the process that created it) exited")
 
     # ------------------------------------------------------------ placing and losing
+    async def _node_at(self, address: str) -> Connection:
+        """The head's client connection to the node listening at ``address`` (a redirect's target)."""
+        node_id = next((nid for nid, n in self.head.nodes.items() if n["address"] == address), None)
+        if node_id is None:
+            raise ConnectionLost(f"no node listens at {address}")
+        return await self.head.node_client(node_id)
+
     async def _place(self, rec: ActorRecord) -> None:
         try:
             await self._place_once(rec)
@@ -180,65 +190,44 @@ class ActorManager:
             log.exception("placing actor %s failed", _ids.short(rec.actor_id))
             self._mark_dead(rec, f"it could not be placed: {exc}")
 
-    def _choose_node(self, rec: ActorRecord) -> dict[str, Any] | None:
-        """The node for an actor: its affinity if it has one (and that node lives), else the best fit."""
-        resources: dict[str, float] = rec.spec["resources"]
-        affinity = rec.spec.get("affinity")
-        if affinity:
-            node = next(
-                (n for n in self.head.nodes.values() if n["alive"] and n["node_id"].hex() == affinity["node_id"]), None
-            )
-            if node is not None or not affinity["soft"]:
-                return node
-        return self.head.pick_node(resources)
-
     async def _place_once(self, rec: ActorRecord) -> None:
         spec = rec.spec
         resources: dict[str, float] = spec["resources"]
-        node = self._choose_node(rec)
-        if node is None:
-            affinity = spec.get("affinity")
-            if affinity and not affinity["soft"]:
-                self._mark_dead(rec, f"its node {affinity['node_id'][:8]} (NodeAffinitySchedulingStrategy) is dead or unknown")
-            else:
-                self._mark_dead(rec, f"no node has the resources it needs ({resources})")
+        affinity = placement.Affinity.of(spec.get("affinity"))
+        try:
+            node = placement.actor_node(self.head.view(), resources, affinity)
+        except placement.Unplaceable as exc:
+            self._mark_dead(rec, str(exc))
             return
         # Count the placement at once: the node's next heartbeat corrects the view, and until
         # then the next actor does not pick the same "free" CPU.
+        available = self.head.nodes[node.node_id]["available"]
         for k, v in resources.items():
-            node["available"][k] = node["available"].get(k, 0.0) - v
-        pinned = bool(spec.get("affinity")) and not spec["affinity"]["soft"]
-        node_conn = await self.head.node_client(node["node_id"])
+            available[k] = available.get(k, 0.0) - v
+        pinned = affinity is not None and not affinity.soft
         try:
-            label = "affinity:actor" if pinned else "actor"
-            grant = await node_conn.request(m.RequestLease(rid=0, resources=resources, dedicated=True, label=label))
-            for _ in range(3):  # the node is full and points elsewhere: follow, once settled there
-                if "redirect" not in grant:
-                    break
-                target = next((n for n in self.head.nodes.values() if n["address"] == grant["redirect"]), None)
-                if target is None:
-                    break
-                node_conn = await self.head.node_client(target["node_id"])
-                grant = await node_conn.request(
-                    m.RequestLease(rid=0, resources=resources, dedicated=True, label="affinity:actor")
-                )
-        except (RemoteCallError, ConnectionLost) as exc:
+            node_conn, grant = await request_lease(
+                await self.head.node_client(node.node_id), resources,
+                placement.LABEL_PINNED_ACTOR if pinned else placement.LABEL_ACTOR,
+                connect_to=self._node_at, redirected_label=placement.LABEL_PINNED_ACTOR, dedicated=True,
+            )
+        except (RemoteCallError, ConnectionLost, ProtocolError) as exc:
             self._mark_dead(rec, f"it could not be placed: {exc}")
             return
-        if "lease_id" not in grant:
-            self._mark_dead(rec, f"it could not be placed: no node took it ({grant})")
+        if not isinstance(grant, m.LeaseGrant):
+            self._mark_dead(rec, f"it could not be placed: no node took it (last sent to {grant.redirect})")
             return
         if rec.state is ActorState.DEAD:  # killed while waiting for a worker
-            node_conn.send(m.ReturnLease(lease_id=grant["lease_id"], kill=True))
+            node_conn.send(m.ReturnLease(lease_id=grant.lease_id, kill=True))
             return
-        rec.node_conn, rec.lease_id = node_conn, grant["lease_id"]
-        rec.worker_id, rec.pid, rec.node_id = grant["worker_id"], grant["pid"], grant["node_id"]
+        rec.node_conn, rec.lease_id = node_conn, grant.lease_id
+        rec.worker_id, rec.pid, rec.node_id = grant.worker_id, grant.pid, grant.node_id
         rec.exit_code = None
         self._by_worker[rec.worker_id] = rec.actor_id
         incarnation = rec.incarnation + 1
         try:
             conn = await connect(
-                grant["address"], None, role="head", token=self.head.token,
+                grant.address, None, role="head", token=self.head.token,
                 name=f"head->actor-{_ids.short(rec.actor_id)}",
                 on_close=lambda c: self._lost(rec, c),
             )
@@ -254,11 +243,11 @@ class ActorManager:
             return  # _lost() handles the dead worker
         if rec.state is ActorState.DEAD:  # type: ignore[comparison-overlap]  # it may have died while we awaited
             return
-        if result.get("error") is not None:
-            rec.death_error = result["error"]
+        if result.error is not None:
+            rec.death_error = result.error
             self._mark_dead(rec, "its constructor raised an exception")
             return
-        rec.state, rec.incarnation, rec.address = ActorState.ALIVE, incarnation, grant["address"]
+        rec.state, rec.incarnation, rec.address = ActorState.ALIVE, incarnation, grant.address
         self._notify(rec)
 
     def _lost(self, rec: ActorRecord, conn: Connection) -> None:

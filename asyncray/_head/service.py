@@ -11,7 +11,6 @@ from typing import Any
 from asyncray._head.actors import ActorManager
 from asyncray._head.jobs import JobManager
 from asyncray._head.state import TaskTable
-from asyncray._node.scheduler import fits as fits_resources
 from asyncray._service import Service
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, connect, serve
@@ -70,11 +69,13 @@ class HeadService(Service):
             if conn.is_open:
                 conn.send(view)
 
-    def view(self) -> list[dict[str, Any]]:
-        """Every node with its totals, free resources and liveness."""
+    def view(self) -> list[m.NodeView]:
+        """Every node with its totals, free resources, liveness and facts (what placement reads)."""
         return [
-            {**{k: n[k] for k in ("node_id", "address", "resources", "available", "alive")},
-             "transfer": n["info"].get("transfer", "")}
+            m.NodeView(
+                node_id=n["node_id"], address=n["address"], resources=n["resources"], available=n["available"],
+                alive=n["alive"], info=n["info"], last_seen=n["last_seen"], death_cause=n.get("death_cause", ""),
+            )
             for n in self.nodes.values()
         ]
 
@@ -129,13 +130,6 @@ class HeadService(Service):
 
 
     # ------------------------------------------------------------ nodes
-    def pick_node(self, resources: dict[str, float]) -> dict[str, Any] | None:
-        """A live node whose totals fit the request, preferring the most free resources."""
-        fits = [n for n in self.nodes.values() if n["alive"] and fits_resources(resources, n["resources"])]
-        if not fits:
-            return None
-        return max(fits, key=lambda n: n["available"].get("CPU", 0.0))
-
     async def node_client(self, node_id: bytes) -> Connection:
         """The head's own client connection to a node (for leases it holds, e.g. actors)."""
         conn = self._node_clients.get(node_id)
@@ -181,7 +175,7 @@ class HeadService(Service):
         elif isinstance(msg, m.OwnerPrefix):
             conn.state["id_prefix"] = msg.prefix
         elif isinstance(msg, m.GetClusterState):
-            conn.reply(msg.rid, {"nodes": list(self.nodes.values())})
+            conn.reply(msg.rid, m.ClusterState(nodes=self.view()))
         elif isinstance(msg, m.CreateActorRequest):
             self.actors.create(conn, msg)
         elif isinstance(msg, m.WaitActor):

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-EPS = 1e-9
+from asyncray._placement import EPS, fits
 
 
 class WorkerState(enum.Enum):
@@ -102,12 +102,6 @@ class Reclaim:
 Action = Grant | Reject | StartWorker | KillWorker | Reclaim
 
 
-def fits(need: dict[str, float], have: dict[str, float]) -> bool:
-    """True when ``have`` covers every positive amount in ``need``."""
-    return all(have.get(k, 0.0) + EPS >= v for k, v in need.items() if v > 0)
-
-
-_fits = fits
 
 
 @dataclass
@@ -267,7 +261,7 @@ class LocalScheduler:
         # five 1-CPU requests on a 2-CPU node start two workers, not five.
         room = dict(self.available)
         for req in self.queue:
-            if not _fits(req.resources, room):
+            if not fits(req.resources, room):
                 waiting.append(req)
                 blocked_by_resources = True
                 continue

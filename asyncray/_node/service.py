@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asyncray import _ids
+from asyncray import _placement as placement
 from asyncray._node import scheduler as sch
 from asyncray._node import transfer
 from asyncray._service import Service
@@ -82,7 +83,7 @@ class NodeService(Service):
         self._head: Connection | None = None
         self._report_scheduled = False
         self.log_dir = os.path.join(config.session_dir, "logs")
-        self.view: list[dict[str, Any]] = []  # the head's latest picture of all nodes
+        self.view: list[m.NodeView] = []  # the head's latest picture of all nodes
         self._pulls: dict[bytes, asyncio.Future[None]] = {}
         self.transfer: transfer.TransferServer | None = None
         self._refill: asyncio.Future[None] | None = None
@@ -224,16 +225,10 @@ class NodeService(Service):
     def _apply(self, actions: list[sch.Action]) -> None:
         for act in actions:
             if isinstance(act, sch.Grant):
-                act.request.client.reply(
-                    act.request.rid,
-                    {
-                        "lease_id": act.lease.lease_id,
-                        "worker_id": act.worker.worker_id,
-                        "address": act.worker.address,
-                        "pid": act.worker.pid,
-                        "node_id": self.node_id,
-                    },
-                )
+                act.request.client.reply(act.request.rid, m.LeaseGrant(
+                    lease_id=act.lease.lease_id, worker_id=act.worker.worker_id, address=act.worker.address,
+                    pid=act.worker.pid, node_id=self.node_id,
+                ))
             elif isinstance(act, sch.Reject):
                 act.request.client.reply(act.request.rid, error=f"unschedulable: {act.reason}")
             elif isinstance(act, sch.StartWorker):
@@ -313,9 +308,11 @@ class NodeService(Service):
         now = time.monotonic()
         if isinstance(msg, m.RequestLease):
             self._clients.add(conn)
-            target = self._spill_target(msg)
+            target = placement.spill_target(
+                msg.resources, self.scheduler.total, self.scheduler.available, self.view, self.node_id, msg.label
+            )
             if target is not None:
-                conn.reply(msg.rid, {"redirect": target})
+                conn.reply(msg.rid, m.LeaseRedirect(redirect=target.address))
                 return
             self._apply(self.scheduler.request(sch.LeaseRequest(conn, msg.rid, msg.resources, msg.dedicated, msg.label)))
         elif isinstance(msg, m.ReserveSpace):
@@ -367,30 +364,6 @@ class NodeService(Service):
         else:
             log.debug("node: head sent %s", type(msg).__name__)
 
-    # ------------------------------------------------------------ spilling work to other nodes
-    def _spill_target(self, msg: m.RequestLease) -> str | None:
-        """Another node's address when this one can never, or not now, run the request.
-
-        A request that fits this node's totals but not its free resources moves only when
-        some other live node has those resources free right now (SPEC: work spills when
-        the local node is full); otherwise it queues here.
-        """
-        need = {k: v for k, v in msg.resources.items() if v > 0}
-        if msg.label.startswith("affinity:") or not self.view:
-            return None
-        fits_here_ever = sch.fits(need, self.scheduler.total)
-        if fits_here_ever and sch.fits(need, self.scheduler.available):
-            return None
-        others = [n for n in self.view if n["alive"] and n["node_id"] != self.node_id]
-        free = [n for n in others if sch.fits(need, n["available"])]
-        if free:
-            return str(max(free, key=lambda n: n["available"].get("CPU", 0.0))["address"])
-        if not fits_here_ever:
-            able = [n for n in others if sch.fits(need, n["resources"])]
-            if able:
-                return str(able[0]["address"])
-        return None
-
     # ------------------------------------------------------------ moving objects between nodes
     async def _fetch(self, conn: Connection, msg: m.FetchObject) -> None:
         """Make a remote object local (once, however many ask), then answer the asker."""
@@ -425,10 +398,10 @@ class NodeService(Service):
             self._pulls.pop(oid, None)
 
     async def _pull(self, oid: bytes, node_id: bytes, size_hint: int = 0) -> None:
-        node = next((n for n in self.view if n["node_id"] == node_id), None)
-        if node is None or not node["alive"]:
+        node = next((n for n in self.view if n.node_id == node_id), None)
+        if node is None or not node.alive:
             raise ConnectionError("that node is dead or unknown")
-        if not node.get("transfer"):
+        if not node.info.get("transfer"):
             raise ConnectionError("that node serves no object transfers")
         where = await self._make_room(size_hint) if size_hint else {}
         final = self.store.spill_path(oid) if where.get("disk") else self.store.path(oid)
@@ -437,7 +410,7 @@ class NodeService(Service):
             os.rename(where["segment"], tmp)  # receive into warm memory
         loop = asyncio.get_running_loop()
         try:
-            size = await loop.run_in_executor(None, transfer.fetch, node["transfer"], self.config.token, oid, tmp)
+            size = await loop.run_in_executor(None, transfer.fetch, node.info.get("transfer", ""), self.config.token, oid, tmp)
             os.rename(tmp, final)
             if size_hint:
                 self._refill_segments()

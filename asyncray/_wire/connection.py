@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncray._wire.codec import FrameDecoder, encode
-from asyncray._wire.messages import Hello, Message, ProtocolError, Reply
+from asyncray._wire.messages import Convert, Hello, Message, Payload, ProtocolError, Reply
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Any], Convert | None]] = {}
         self._rids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -99,12 +99,22 @@ class Connection(asyncio.Protocol):
             return
         for msg in msgs:
             if type(msg) is Reply:
-                fut = self._pending.pop(msg.rid, None)
-                if fut is not None and not fut.done():
-                    if msg.error is not None:
-                        fut.set_exception(RemoteCallError(msg.error))
-                    else:
-                        fut.set_result(msg.value)
+                pending = self._pending.pop(msg.rid, None)
+                if pending is None:
+                    continue
+                fut, typed = pending
+                if fut.done():
+                    continue
+                if msg.error is not None:
+                    fut.set_exception(RemoteCallError(msg.error))
+                    continue
+                try:
+                    fut.set_result(typed(msg.value) if typed is not None else msg.value)
+                except ProtocolError as exc:  # a reply of the wrong shape: this peer is not to be trusted
+                    log.warning("protocol error on %s, closing it: %s", self.name or "connection", exc)
+                    fut.set_exception(exc)
+                    self.abort()
+                    return
                 continue
             if self.handler is None:
                 continue
@@ -115,7 +125,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        for fut in self._pending.values():
+        for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"connection {self.name} lost"))
                 fut.exception()  # a waiter may have been cancelled already: do not warn about it
@@ -154,17 +164,23 @@ class Connection(asyncio.Protocol):
         return next(self._rids)
 
     def request(self, msg: Message) -> asyncio.Future[Any]:
-        """Send a request (its ``rid`` is filled in) and return a future for the Reply value."""
+        """Send a request (its ``rid`` is filled in) and return a future for the Reply value.
+
+        The value is typed as the request's kind says (``Message.REPLY``); a reply that does
+        not fit fails the future with ProtocolError and closes the connection.
+        """
         rid = self.next_rid()
         msg.rid = rid  # type: ignore[attr-defined]
         fut = self._loop.create_future()
         self.send(msg)  # encodes first: a message that cannot be encoded leaves nothing pending
-        self._pending[rid] = fut
+        self._pending[rid] = (fut, type(msg).REPLY)
         return fut
 
     def reply(self, rid: int, value: Any = None, error: str | None = None) -> None:
         """Answer a request; a closed connection drops the answer silently."""
         if self._transport is not None:
+            if isinstance(value, Payload):
+                value = value.to_wire()
             self.send(Reply(rid=rid, value=value, error=error))
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ appears here as Python objects: it is pickled first (see ``asyncray._store.seria
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from collections.abc import Callable
@@ -37,7 +38,7 @@ def _check_for(hint: Any) -> Check | None:
     a list of ids really holds bytes; values typed ``Any`` (pickled user data, descriptors)
     are left to the layer that reads them.
     """
-    if hint is Any:
+    if hint is Any or _converter_for(hint) is not None:
         return None
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
@@ -92,6 +93,115 @@ def _check_for(hint: Any) -> Check | None:
     raise TypeError(f"no wire check for the type {hint!r}")
 
 
+Convert = Callable[[Any], Any]
+
+
+def _converter_for(hint: Any) -> Convert | None:
+    """For a field holding payloads (``P``, ``list[P]``, ``P | None``): map(s) -> typed value(s)."""
+    if isinstance(hint, type) and issubclass(hint, Payload):
+        return hint.from_wire
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        enum_type = hint
+
+        def convert_enum(v: Any) -> Any:
+            try:
+                return enum_type(v)
+            except (ValueError, TypeError):
+                raise ProtocolError(f"{v!r} is not a {enum_type.__name__}") from None
+
+        return convert_enum
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is list and args:
+        inner = _converter_for(args[0])
+        if inner is not None:
+            convert_item = inner
+
+            def convert_list(v: Any) -> Any:
+                if type(v) is not list:
+                    raise ProtocolError(f"expected a list, got a {_describe(v)}")
+                return [convert_item(x) for x in v]
+
+            return convert_list
+    if origin in (types.UnionType, typing.Union) and type(None) in args and len(args) == 2:
+        inner = _converter_for(next(a for a in args if a is not type(None)))
+        if inner is not None:
+            convert_some = inner
+            return lambda v: None if v is None else convert_some(v)
+    return None
+
+
+def _to_wire_value(value: Any) -> Any:
+    if isinstance(value, Payload):
+        return value.to_wire()
+    if type(value) is list and value and isinstance(value[0], Payload):
+        return [v.to_wire() for v in value]
+    return value
+
+
+class Payload:
+    """A typed value inside a message or a reply: a dataclass whose wire form is a checked map.
+
+    Subclasses are declared with :func:`payload`. ``from_wire`` checks every field's type
+    (and builds nested payloads) and raises ProtocolError for anything else.
+    """
+
+    __slots__ = ()
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
+    _CHECKS: ClassVar[tuple[tuple[str, Check], ...]] = ()
+    _CONVERTS: ClassVar[tuple[tuple[str, Convert], ...]] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack map for this value."""
+        return {name: _to_wire_value(getattr(self, name)) for name in self._FIELDS}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Any:
+        """The typed value for a decoded map.
+
+        Raises:
+            ProtocolError: not a map, missing or unknown fields, or a field of the wrong type.
+        """
+        if type(value) is not dict:
+            raise ProtocolError(f"{cls.__name__} must be a map, got a {_describe(value)}")
+        try:
+            for name, convert in cls._CONVERTS:
+                if name in value:
+                    value = {**value, name: convert(value[name])}
+            obj = cls(**value)
+        except TypeError as exc:
+            raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
+        for name, check in cls._CHECKS:
+            bad = check(getattr(obj, name))
+            if bad is not None:
+                raise ProtocolError(f"field {name!r} of {cls.__name__} is a {bad}, not what the protocol says")
+        return obj
+
+
+PL = TypeVar("PL", bound=type[Payload])
+
+
+def _field_rules(cls: type[Any]) -> tuple[tuple[str, ...], tuple[tuple[str, Check], ...], tuple[tuple[str, Convert], ...]]:
+    names = tuple(f.name for f in fields(cls))
+    hints = typing.get_type_hints(cls)
+    checks, converts = [], []
+    for name in names:
+        convert = _converter_for(hints[name])
+        if convert is not None:
+            converts.append((name, convert))
+            continue
+        check = _check_for(hints[name])
+        if check is not None:
+            checks.append((name, check))
+    return names, tuple(checks), tuple(converts)
+
+
+def payload(cls: PL) -> PL:
+    """Declare a dataclass as a payload (computes its field checks once)."""
+    cls._FIELDS, cls._CHECKS, cls._CONVERTS = _field_rules(cls)
+    return cls
+
+
 class Message:
     """Base of all messages. Subclasses are registered with :func:`message`."""
 
@@ -99,12 +209,18 @@ class Message:
     KIND: ClassVar[str] = ""
     _FIELDS: ClassVar[tuple[str, ...]] = ()
     _CHECKS: ClassVar[tuple[tuple[str, Check], ...]] = ()
+    _CONVERTS: ClassVar[tuple[tuple[str, Convert], ...]] = ()
+    # A request's reply, typed: the Reply's value goes through this (ProtocolError when it
+    # does not fit) before the requester sees it. None: any msgpack value.
+    REPLY: ClassVar[Convert | None] = None
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack map for this message."""
         d: dict[str, Any] = {"k": self.KIND}
         for name in self._FIELDS:
             d[name] = getattr(self, name)
+        for name, _ in self._CONVERTS:
+            d[name] = _to_wire_value(d[name])
         return d
 
 
@@ -115,14 +231,7 @@ def message(kind: str) -> Callable[[M], M]:
         if kind in _REGISTRY:
             raise ValueError(f"message kind {kind!r} registered twice")
         cls.KIND = kind
-        cls._FIELDS = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]  # a dataclass by now
-        hints = typing.get_type_hints(cls)
-        checks = []
-        for name in cls._FIELDS:
-            check = _check_for(hints[name])
-            if check is not None:
-                checks.append((name, check))
-        cls._CHECKS = tuple(checks)
+        cls._FIELDS, cls._CHECKS, cls._CONVERTS = _field_rules(cls)
         _REGISTRY[kind] = cls
         return cls
 
@@ -142,6 +251,9 @@ def from_wire(obj: Any) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
     try:
+        for name, convert in cls._CONVERTS:
+            if name in obj:
+                obj[name] = convert(obj[name])
         msg = cls(**obj)
     except TypeError as exc:
         raise ProtocolError(f"bad fields for {kind!r}: {exc}") from exc
@@ -166,6 +278,138 @@ class Reply(Message):
     rid: int
     value: Any = None
     error: str | None = None
+
+
+# ---------------------------------------------------------------- typed reply values
+@payload
+@dataclass(frozen=True, slots=True)
+class NodeView(Payload):
+    """One node as the head shows it: totals, what is free now, liveness, and facts about it."""
+
+    node_id: bytes
+    address: str
+    resources: dict[str, float]
+    available: dict[str, float]
+    alive: bool
+    info: dict[str, Any] = field(default_factory=dict)  # hostname, pid, transfer address, ...
+    last_seen: float = 0.0
+    death_cause: str = ""
+
+
+@payload
+@dataclass(frozen=True, slots=True)
+class ClusterState(Payload):
+    """The reply to GetClusterState: every node the head knows, alive or dead."""
+
+    nodes: list[NodeView]
+
+
+@payload
+@dataclass(frozen=True, slots=True)
+class LeaseGrant(Payload):
+    """A worker leased to the requester (the reply to RequestLease when the node has room)."""
+
+    lease_id: int
+    worker_id: bytes
+    address: str  # where the worker listens: tasks go there directly
+    pid: int
+    node_id: bytes
+
+
+@payload
+@dataclass(frozen=True, slots=True)
+class LeaseRedirect(Payload):
+    """The node is full (or can never fit the request): ask the node at ``redirect`` instead."""
+
+    redirect: str
+
+
+def lease_reply(value: Any) -> LeaseGrant | LeaseRedirect:
+    """The typed reply to RequestLease."""
+    if type(value) is dict and "redirect" in value:
+        redirect: LeaseRedirect = LeaseRedirect.from_wire(value)
+        return redirect
+    grant: LeaseGrant = LeaseGrant.from_wire(value)
+    return grant
+
+
+@payload
+@dataclass(frozen=True, slots=True)
+class ActorEntry(Payload):
+    """An actor as the head knows it (replies to WaitActor, LookupActor, ListActors)."""
+
+    actor_id: bytes
+    name: str
+    namespace: str
+    meta: dict[str, Any]
+    state: str  # PENDING_CREATION, ALIVE, RESTARTING or DEAD
+    incarnation: int
+    address: str
+    pid: int
+    node_id: bytes
+    num_restarts: int
+    death_cause: str
+    death_error: bytes | None
+    detached: bool
+    job_id: bytes = b""
+
+
+@payload
+@dataclass(frozen=True, slots=True)
+class ActorRegistered(Payload):
+    """The reply to CreateActorRequest: None, or the live actor that already has the name."""
+
+    existing: ActorEntry | None = None
+
+
+@payload
+@dataclass(frozen=True, slots=True)
+class ActorBuilt(Payload):
+    """A worker's reply to CreateActor: ``ok``, or the constructor's pickled error."""
+
+    ok: bool = False
+    error: bytes | None = None
+
+
+def _optional_actor(value: Any) -> ActorEntry | None:
+    return None if value is None else ActorEntry.from_wire(value)
+
+
+def _actor_list(value: Any) -> list[ActorEntry]:
+    if type(value) is not list:
+        raise ProtocolError(f"expected a list of actors, got a {_describe(value)}")
+    return [ActorEntry.from_wire(v) for v in value]
+
+
+def _checked(hint: Any) -> Convert:
+    """A reply that is a plain value of the given type (checked, not converted)."""
+    check = _check_for(hint)
+
+    def convert(value: Any) -> Any:
+        bad = check(value) if check is not None else None
+        if bad is not None:
+            raise ProtocolError(f"a reply is a {bad}, expected {hint}")
+        return value
+
+    return convert
+
+
+class StateKind(enum.StrEnum):
+    """What a GetState query asks for."""
+
+    NODES = "nodes"
+    WORKERS = "workers"
+    TASKS = "tasks"
+    TASKS_SUMMARY = "tasks_summary"
+    ACTORS = "actors"
+    ACTORS_SUMMARY = "actors_summary"
+    OBJECTS = "objects"
+    OBJECTS_SUMMARY = "objects_summary"
+    TIMELINE = "timeline"
+    LOGS = "logs"
+    JOBS = "jobs"
+    JOB = "job"
+    JOB_LOGS = "job_logs"
 
 
 @message("hello")
@@ -447,7 +691,7 @@ class CreateActor(Message):
 class ClusterView(Message):
     """The head's periodic picture of the cluster, sent to every node (and on request)."""
 
-    nodes: list[dict[str, Any]]
+    nodes: list[NodeView]
 
 
 @message("fetch_object")
@@ -545,9 +789,18 @@ class GetState(Message):
     """Ask the head for one kind of state: tasks, actors, objects, workers, nodes, summary."""
 
     rid: int
-    kind: str
+    kind: StateKind
     limit: int = 1000
     args: dict[str, Any] = field(default_factory=dict)  # kind-specific: filters, worker, job id
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, StateKind):  # a caller's string: refuse a typo here, not at the head
+            try:
+                self.kind = StateKind(self.kind)
+            except ValueError:
+                raise ValueError(
+                    f"unknown state kind {self.kind!r}; one of {', '.join(k.value for k in StateKind)}"
+                ) from None
 
 
 @message("get_logs")
@@ -606,3 +859,26 @@ class Borrow(Message):
     drop: list[bytes]
     handoff: list[list[Any]] = field(default_factory=list)
     released: list[bytes] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- what each request's reply is
+def _nothing(value: Any) -> None:
+    if value is not None:
+        raise ProtocolError(f"a reply that should be empty is a {_describe(value)}")
+
+
+RequestLease.REPLY = lease_reply
+GetClusterState.REPLY = ClusterState.from_wire
+RegisterNode.REPLY = _checked(dict[str, bool])
+GetNodeInfo.REPLY = _checked(dict[str, Any])
+CreateActorRequest.REPLY = ActorRegistered.from_wire
+WaitActor.REPLY = ActorEntry.from_wire
+KillActor.REPLY = _nothing
+LookupActor.REPLY = _optional_actor
+ListActors.REPLY = _actor_list
+CreateActor.REPLY = ActorBuilt.from_wire
+GetObject.REPLY = _checked(list[Any])  # a value descriptor (serialization.py)
+FetchObject.REPLY = _checked(bool)
+ReserveSpace.REPLY = _checked(dict[str, Any])
+# GetState, GetLogs, SubmitJob and StopJob answer with JSON-like state for people (dashboard,
+# CLI): any msgpack value.

@@ -98,7 +98,7 @@ class ActorHost:
             self.instance = await loop.run_in_executor(side_thread, build)
         except BaseException as exc:
             desc = failure_descriptor(exc, f"{self.class_name}.__init__")
-            conn.reply(msg.rid, {"error": desc[1]})
+            conn.reply(msg.rid, m.ActorBuilt(error=desc[1]))
             return False
         finally:
             side_thread.shutdown(wait=False)
@@ -109,7 +109,7 @@ class ActorHost:
             ), "loop-lag-probe")
         elif self.max_concurrency > 1:
             self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="asyncray-actor")
-        conn.reply(msg.rid, {"ok": True})
+        conn.reply(msg.rid, m.ActorBuilt(ok=True))
         return True
 
     @property

@@ -34,7 +34,7 @@ def _state(kind: str, limit: int = DEFAULT_LIMIT, **args: Any) -> Any:
     head = core.head
 
     async def ask() -> Any:
-        return await asyncio.wait_for(head.request(m.GetState(rid=0, kind=kind, limit=limit, args=args)), TIMEOUT_S)
+        return await asyncio.wait_for(head.request(m.GetState(rid=0, kind=m.StateKind(kind), limit=limit, args=args)), TIMEOUT_S)
 
     if core.on_loop_thread():
         raise RuntimeError(

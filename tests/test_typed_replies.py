@@ -1,0 +1,74 @@
+"""Replies are typed: the requester gets a dataclass, or ProtocolError and a closed connection."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from asyncray._wire import messages as m
+from asyncray._wire.connection import Connection, connect, serve
+
+
+async def _pair(tmp_path: Any, answer: Any) -> tuple[asyncio.AbstractServer, Connection]:
+    """A server that answers every request with ``answer``, and a client connected to it."""
+
+    def handler(conn: Connection, msg: m.Message) -> None:
+        conn.reply(msg.rid, answer)  # type: ignore[attr-defined]
+
+    server, address = await serve(f"unix:{tmp_path}/s.sock", handler, token="t", name="fake-node")
+    client = await connect(address, None, role="driver", token="t", name="client")
+    return server, client
+
+
+async def test_a_lease_grant_arrives_as_a_dataclass(tmp_path):
+    grant = m.LeaseGrant(lease_id=3, worker_id=b"w", address="unix:/x", pid=12, node_id=b"n")
+    server, client = await _pair(tmp_path, grant)
+    try:
+        reply = await asyncio.wait_for(client.request(m.RequestLease(rid=0, resources={"CPU": 1.0})), 5)
+        assert reply == grant
+        (tmp_path / "other").mkdir()
+        redirect_server, redirect_client = await _pair(tmp_path / "other", {"redirect": "10.0.0.2:7"})
+        try:
+            got = await asyncio.wait_for(redirect_client.request(m.RequestLease(rid=0, resources={})), 5)
+            assert got == m.LeaseRedirect(redirect="10.0.0.2:7")
+        finally:
+            redirect_client.close()
+            redirect_server.close()
+    finally:
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("request_msg", "bad_answer", "match"),
+    [
+        (m.RequestLease(rid=0, resources={}), {"lease_id": "3", "worker_id": b"w", "address": "a", "pid": 1, "node_id": b"n"},
+         "field 'lease_id' of LeaseGrant is a str"),
+        (m.RequestLease(rid=0, resources={}), None, "LeaseGrant must be a map"),
+        (m.GetClusterState(rid=0), {"nodes": [{"node_id": b"n", "address": "a", "resources": {}, "available": {},
+                                               "alive": True, "info": None}]},
+         "field 'info' of NodeView is a null"),
+        (m.WaitActor(rid=0, actor_id=b"a"), {"state": "ALIVE"}, "bad fields for ActorEntry"),
+        (m.FetchObject(rid=0, object_id=b"o", node_id=b"n"), "yes", "a reply is a str"),
+    ],
+)
+async def test_a_reply_of_the_wrong_shape_fails_the_request_and_closes_the_connection(
+    tmp_path, request_msg, bad_answer, match
+):
+    server, client = await _pair(tmp_path, bad_answer)
+    try:
+        with pytest.raises(m.ProtocolError, match=match):
+            await asyncio.wait_for(client.request(request_msg), 5)
+        await asyncio.wait_for(client.closed, 5)  # that peer is not trusted any more
+        assert not client.is_open
+    finally:
+        client.close()
+        server.close()
+
+
+def test_an_unknown_state_kind_is_refused_where_it_is_made():
+    with pytest.raises(ValueError, match="unknown state kind 'taks'; one of nodes, workers, tasks"):
+        m.GetState(rid=0, kind="taks")  # type: ignore[arg-type]
+    assert m.GetState(rid=0, kind="tasks").kind is m.StateKind.TASKS  # type: ignore[arg-type]
