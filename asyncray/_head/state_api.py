@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
@@ -26,10 +27,7 @@ log = logging.getLogger(__name__)
 
 # A node that does not answer an info or logs request within this long is shown without it.
 NODE_QUERY_TIMEOUT_S = 5.0
-KINDS = (
-    "nodes", "workers", "tasks", "tasks_summary", "actors", "actors_summary", "objects", "objects_summary",
-    "timeline", "logs", "jobs", "job", "job_logs",
-)
+KINDS = tuple(k.value for k in m.StateKind)
 
 
 def jsonable(value: Any) -> Any:
@@ -65,7 +63,7 @@ async def collect_state(head: HeadService, kind: str, limit: int, args: dict[str
 
     Args:
         head: the head service.
-        kind: one of :data:`KINDS`.
+        kind: a :class:`StateKind` (or its string).
         limit: at most this many rows (lists).
         args: kind-specific: ``filters`` (key -> value) for lists, ``worker``/``q`` for logs,
             ``job_id``/``offset`` for jobs.
@@ -74,40 +72,89 @@ async def collect_state(head: HeadService, kind: str, limit: int, args: dict[str
         ValueError: unknown kind.
         KeyError: an unknown job id.
     """
-    args = args or {}
+    try:
+        which = m.StateKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown state kind {kind!r}; one of {', '.join(KINDS)}") from None
+    return await _QUERIES[which](head, limit, args or {})
+
+
+Query = Callable[["HeadService", int, dict[str, Any]], Awaitable[Any]]
+
+
+async def _nodes(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return apply_filters(await nodes(head), args.get("filters"))[:limit]
+
+
+async def _workers(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return apply_filters(await workers(head), args.get("filters"))[:limit]
+
+
+async def _tasks(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
     filters = args.get("filters")
-    if kind == "nodes":
-        return apply_filters(await nodes(head), filters)[:limit]
-    if kind == "workers":
-        return apply_filters(await workers(head), filters)[:limit]
-    if kind == "tasks":
-        return apply_filters(tasks(head, max(limit, 0) if not filters else 1_000_000), filters)[:limit]
-    if kind == "tasks_summary":
-        return {"counts": head.tasks.counts(), "by_name": head.tasks.summary()}
-    if kind == "actors":
-        return apply_filters(actors(head), filters)[:limit]
-    if kind == "actors_summary":
-        rows = actors(head)
-        by_class: dict[str, dict[str, int]] = {}
-        for a in rows:
-            per = by_class.setdefault(a["class_name"], {})
-            per[a["state"]] = per.get(a["state"], 0) + 1
-        return {"counts": dict(Counter(a["state"] for a in rows)), "by_class": by_class}
-    if kind == "objects":
-        return apply_filters(objects(head), filters)[:limit]
-    if kind == "objects_summary":
-        return objects_summary(head)
-    if kind == "timeline":
-        return timeline(head, limit)
-    if kind == "logs":
-        return await logs(head, str(args.get("worker", "")), str(args.get("q", "")), limit)
-    if kind == "jobs":
-        return apply_filters(head.jobs.list(), filters)[:limit]
-    if kind == "job":
-        return head.jobs.get(str(args["job_id"]))
-    if kind == "job_logs":
-        return head.jobs.read_log(str(args["job_id"]), int(args.get("offset", 0)))
-    raise ValueError(f"unknown state kind {kind!r}; one of {', '.join(KINDS)}")
+    return apply_filters(tasks(head, max(limit, 0) if not filters else 1_000_000), filters)[:limit]
+
+
+async def _tasks_summary(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return {"counts": head.tasks.counts(), "by_name": head.tasks.summary()}
+
+
+async def _actors(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return apply_filters(actors(head), args.get("filters"))[:limit]
+
+
+async def _actors_summary(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    rows = actors(head)
+    by_class: dict[str, dict[str, int]] = {}
+    for a in rows:
+        per = by_class.setdefault(a["class_name"], {})
+        per[a["state"]] = per.get(a["state"], 0) + 1
+    return {"counts": dict(Counter(a["state"] for a in rows)), "by_class": by_class}
+
+
+async def _objects(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return apply_filters(objects(head), args.get("filters"))[:limit]
+
+
+async def _objects_summary(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return objects_summary(head)
+
+
+async def _timeline(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return timeline(head, limit)
+
+
+async def _logs(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return await logs(head, str(args.get("worker", "")), str(args.get("q", "")), limit)
+
+
+async def _jobs(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return apply_filters(head.jobs.list(), args.get("filters"))[:limit]
+
+
+async def _job(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return head.jobs.get(str(args["job_id"]))
+
+
+async def _job_logs(head: HeadService, limit: int, args: dict[str, Any]) -> Any:
+    return head.jobs.read_log(str(args["job_id"]), int(args.get("offset", 0)))
+
+
+_QUERIES: dict[m.StateKind, Query] = {
+    m.StateKind.NODES: _nodes,
+    m.StateKind.WORKERS: _workers,
+    m.StateKind.TASKS: _tasks,
+    m.StateKind.TASKS_SUMMARY: _tasks_summary,
+    m.StateKind.ACTORS: _actors,
+    m.StateKind.ACTORS_SUMMARY: _actors_summary,
+    m.StateKind.OBJECTS: _objects,
+    m.StateKind.OBJECTS_SUMMARY: _objects_summary,
+    m.StateKind.TIMELINE: _timeline,
+    m.StateKind.LOGS: _logs,
+    m.StateKind.JOBS: _jobs,
+    m.StateKind.JOB: _job,
+    m.StateKind.JOB_LOGS: _job_logs,
+}
 
 
 # ---------------------------------------------------------------- nodes and workers

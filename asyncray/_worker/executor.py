@@ -176,7 +176,7 @@ class TaskExecutor:
             del outcome, item, fn, after  # refs in the result must not live on in this frame
             if not self._done_scheduled:
                 self._done_scheduled = True
-                self.loop.call_soon_threadsafe(self._flush_done)
+                self.core.call_soon(self._flush_done)
 
     def _flush_done(self) -> None:
         self._done_scheduled = False
