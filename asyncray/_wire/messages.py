@@ -164,18 +164,23 @@ class Payload:
         """
         if type(value) is not dict:
             raise ProtocolError(f"{cls.__name__} must be a map, got a {_describe(value)}")
-        try:
-            for name, convert in cls._CONVERTS:
-                if name in value:
-                    value = {**value, name: convert(value[name])}
-            obj = cls(**value)
-        except TypeError as exc:
-            raise ProtocolError(f"bad fields for {cls.__name__}: {exc}") from exc
-        for name, check in cls._CHECKS:
-            bad = check(getattr(obj, name))
-            if bad is not None:
-                raise ProtocolError(f"field {name!r} of {cls.__name__} is a {bad}, not what the protocol says")
-        return obj
+        return _build_checked(cls, dict(value), cls.__name__)
+
+
+def _build_checked(cls: Any, values: dict[str, Any], what: str) -> Any:
+    """``cls(**values)`` with payload fields built and every field's type checked (ProtocolError)."""
+    try:
+        for name, convert in cls._CONVERTS:
+            if name in values:
+                values[name] = convert(values[name])
+        obj = cls(**values)
+    except TypeError as exc:
+        raise ProtocolError(f"bad fields for {what}: {exc}") from exc
+    for name, check in cls._CHECKS:
+        bad = check(getattr(obj, name))
+        if bad is not None:
+            raise ProtocolError(f"field {name!r} of {what} is a {bad}, not what the protocol says")
+    return obj
 
 
 PL = TypeVar("PL", bound=type[Payload])
@@ -250,17 +255,7 @@ def from_wire(obj: Any) -> Message:
     cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
-    try:
-        for name, convert in cls._CONVERTS:
-            if name in obj:
-                obj[name] = convert(obj[name])
-        msg = cls(**obj)
-    except TypeError as exc:
-        raise ProtocolError(f"bad fields for {kind!r}: {exc}") from exc
-    for name, check in cls._CHECKS:
-        bad = check(getattr(msg, name))
-        if bad is not None:
-            raise ProtocolError(f"field {name!r} of {kind!r} is a {bad}, not what the protocol says")
+    msg: Message = _build_checked(cls, obj, repr(kind))
     return msg
 
 
