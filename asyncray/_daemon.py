@@ -107,7 +107,11 @@ async def serve(args: argparse.Namespace) -> None:
             "dashboard_url": dashboard_url,
         }
         _write_ready(args.ready_file, ready)
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        fenced = asyncio.ensure_future(node.fenced.wait())
+        await asyncio.wait([stopped, fenced], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopped, fenced):
+            waiter.cancel()
     finally:
         for service in reversed(services):
             await service.stop()  # type: ignore[attr-defined]

@@ -797,6 +797,114 @@ def test_node_killed_mid_task() -> None:
         assert res["v"] == 5
 
 
+DRIVER_NODE_FREEZES = PRELUDE + """
+asyncray.init(address="auto")
+from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+nodes = {n["NodeID"]: n for n in asyncray.nodes()}
+b_node = next(k for k, n in nodes.items() if n["Resources"].get("b"))
+head_node = next(k for k in nodes if k != b_node)
+marker = sys.argv[1]
+
+def started(name):
+    open(marker + "." + name, "w").close()
+
+def wait_started(*names):
+    deadline = time.monotonic() + 30
+    while not all(os.path.exists(marker + "." + n) for n in names):
+        assert time.monotonic() < deadline, f"{names} did not start"
+        time.sleep(0.02)
+
+@asyncray.remote(resources={"b": 1}, num_cpus=0, max_retries=0)
+def hang():
+    started("hang")
+    time.sleep(120)
+
+@asyncray.remote(num_cpus=1, max_retries=1,
+                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=b_node, soft=True))
+def soft():
+    if asyncray.get_runtime_context().get_node_id() == b_node:
+        started("soft")
+        time.sleep(120)
+    return asyncray.get_runtime_context().get_node_id()
+
+h = hang.remote()
+r = soft.remote()
+wait_started("hang", "soft")
+print("READY " + json.dumps({"b_node": b_node, "head_node": head_node}), flush=True)
+sys.stdin.readline()  # node B is frozen and declared dead
+
+def outcome(ref, timeout):
+    t0 = time.monotonic()
+    try:
+        return {"value": asyncray.get(ref, timeout=timeout), "elapsed": time.monotonic() - t0}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)[:500], "elapsed": time.monotonic() - t0}
+
+res = {"hang": outcome(h, 30), "soft": outcome(r, 30)}
+asyncray.shutdown()
+result(**res)
+"""
+
+
+def test_frozen_node_is_declared_dead_its_work_moves_on_and_it_is_fenced() -> None:
+    """SIGSTOP a node and its workers: the driver does not wait on it past the node timeout,
+    its retriable task reruns elsewhere, and when it wakes it is refused and stops (fencing)."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
+        c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
+        b_pid = c.daemon_pids("node")[0]
+        marker = os.path.join(c.tmpdir, "started")
+        drv = subprocess.Popen(
+            [sys.executable, "-c", DRIVER_NODE_FREEZES, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=c.env, cwd=c.tmpdir,
+        )
+        frozen: list[psutil.Process] = []
+        try:
+            assert drv.stdout is not None and drv.stdin is not None
+            line = drv.stdout.readline()
+            assert line.startswith("READY "), line + drv.communicate(timeout=30)[1]
+            ready = json.loads(line[6:])
+            c.track()
+            b_daemon = psutil.Process(b_pid)
+            frozen = [b_daemon, *b_daemon.children(recursive=True)]
+            assert len(frozen) > 1
+            for p in frozen:
+                p.send_signal(signal.SIGSTOP)
+            frozen_at = time.monotonic()
+
+            def b_dead() -> bool:
+                return any(n["id"] == ready["b_node"][:8] and n["state"] == "DEAD" for n in c.nodes())
+
+            assert wait_for(b_dead, timeout=10, interval=0.2), c.status()
+            drv.stdin.write("dead\n")
+            drv.stdin.flush()
+            out, err = drv.communicate(timeout=60)
+            settled = time.monotonic() - frozen_at
+            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
+            # The frozen node's processes wake up: the head refuses the node, which kills its
+            # workers and exits; nothing of it runs on.
+            for p in frozen:
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(signal.SIGCONT)
+            assert wait_for(lambda: not [p for p in frozen if _alive(p)], timeout=15), [
+                (p.pid, _cmdline(p)) for p in frozen if _alive(p)
+            ]
+        finally:
+            for p in frozen:
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(signal.SIGCONT)
+            if drv.poll() is None:
+                drv.kill()
+                drv.wait()
+        hang = res["hang"]
+        assert hang.get("error") == "NodeDiedError", hang
+        assert ready["b_node"][:8] in hang["message"] and "max_retries=0" in hang["message"], hang
+        assert hang["elapsed"] < 5, hang  # at once: the head said so, no waiting on the silent socket
+        assert res["soft"].get("value") == ready["head_node"], res["soft"]  # retried on the live node
+        assert settled < 20, settled
+        assert any(n["state"] == "DEAD" for n in c.nodes())
+
+
 def test_spilled_object_crosses_nodes() -> None:
     """Also: a node's store and spill directories can be chosen, and stop removes what it made there."""
     with new_cluster() as c:

@@ -236,6 +236,12 @@ class ActorClient:
             self.tasks.finish(spec, msg.results, msg.contained, ch.address)
         self._maybe_release(ch)
 
+    def node_died(self, node_id: bytes) -> None:
+        """Actors on a dead node: drop their connections (the head restarts them or marks them dead)."""
+        for ch in snapshot(self._channels).values():
+            if ch.node_id == node_id and ch.conn is not None:
+                ch.conn.abort()  # connection_lost follows: calls retry on the next life, or fail
+
     def connection_lost(self, conn: Connection) -> None:
         """An actor's worker went away: retry in-flight calls on its next life, or fail them."""
         for ch in snapshot(self._channels).values():

@@ -283,8 +283,21 @@ class Core(Service):
             self._print_logs(msg)  # type: ignore[arg-type]
         elif t is m.ReclaimIdle:
             self.tasks.reclaim_idle()
+        elif t is m.NodeDead:
+            self._node_dead(msg)  # type: ignore[arg-type]
         else:
             log.warning("%s: unexpected %s", self.role, t.__name__)
+
+    def _node_dead(self, msg: m.NodeDead) -> None:
+        """A node died: what ran there for us is retried or fails now, not when TCP notices.
+
+        A silent (frozen) node keeps its sockets open; waiting for them to close would wait
+        forever. Connections to its processes are aborted, so every request on them fails.
+        """
+        if msg.node_id == self.node_id:
+            return  # our own node: our connection to it says so, and we go with it
+        self.tasks.node_died(msg.node_id, msg.cause)
+        self.actors.node_died(msg.node_id)
 
     def _actor_stats(self) -> dict[str, Any] | None:
         host = self.executor.actor_host if self.executor is not None else None

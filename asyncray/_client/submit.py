@@ -29,6 +29,7 @@ from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError
 from asyncray._wire.messages import ProtocolError
 from asyncray.exceptions import (
+    NodeDiedError,
     TaskCancelledError,
     TaskUnschedulableError,
     WorkerCrashedError,
@@ -454,27 +455,46 @@ class TaskSubmitter:
                 objects.took_over(holder, inner)
             objects.set_result(rid, desc, inner)
 
+    def node_died(self, node_id: bytes, cause: str) -> None:
+        """Tasks running on a dead node: retry them (``max_retries``) or fail with NodeDiedError."""
+        lost = self._lose_leases(lambda lz: lz.node_id == node_id)
+        for spec, _lease in lost:
+            self._retry_or_fail(
+                spec, f"the node {node_id.hex()[:8]} running", lambda what: NodeDiedError(f"{what}; the head says: {cause}"),
+            )
+        for conn in {id(lz.conn): lz.conn for _, lz in lost}.values():
+            conn.abort()  # a frozen worker never answers: drop it (and its late results)
+
     def worker_lost(self, conn: Connection) -> None:
         """A leased worker's connection dropped: retry or fail what it was running."""
+        for spec, lease in self._lose_leases(lambda lz: lz.conn is conn):
+            self._retry_or_fail(
+                spec, f"the worker process (pid {lease.pid}) running", lambda what: WorkerCrashedError(what),
+            )
+
+    def _lose_leases(self, gone: Callable[[_Lease], bool]) -> list[tuple[TaskSpec, _Lease]]:
+        """Forget leases that are gone; their running tasks, taken out of the running table."""
         for q in self._queues.values():
-            q.idle = [lz for lz in q.idle if lz.conn is not conn]
-        lost = [(s, lz) for s, lz in self._running.values() if lz.conn is conn]
-        touched = set()
-        for spec, lease in lost:
+            q.idle = [lz for lz in q.idle if not gone(lz)]
+        lost = [(s, lz) for s, lz in self._running.values() if gone(lz)]
+        for spec, _lease in lost:
             self._running.pop(spec.task_id, None)
-            touched.add(id(lease.queue))
-            if spec.cancelled:
-                self.finish(spec, [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids))
-            elif spec.attempt < spec.max_retries:
-                spec.attempt += 1
-                log.info("worker pid %d died running %s; retry %d of %d", lease.pid, spec.fn.name, spec.attempt, spec.max_retries)
-                self._requeue(spec)
-            else:
-                err = WorkerCrashedError(
-                    f"the worker process (pid {lease.pid}) running {spec.fn.name}() died unexpectedly"
-                    f" and the task was tried {spec.attempt + 1} time(s) (max_retries={spec.max_retries})"
-                )
-                self.finish(spec, [ser.error_descriptor(err)] * len(spec.return_ids))
+        return lost
+
+    def _retry_or_fail(self, spec: TaskSpec, where: str, error: Callable[[str], Exception]) -> None:
+        """A system failure took a running task: retry it within ``max_retries``, else fail it."""
+        if spec.cancelled:
+            self.finish(spec, [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids))
+        elif spec.attempt < spec.max_retries:
+            spec.attempt += 1
+            log.info("%s %s; retry %d of %d", where, spec.fn.name, spec.attempt, spec.max_retries)
+            self._requeue(spec)
+        else:
+            what = (
+                f"{where} {spec.fn.name}() died unexpectedly and the task was tried"
+                f" {spec.attempt + 1} time(s) (max_retries={spec.max_retries})"
+            )
+            self.finish(spec, [ser.error_descriptor(error(what))] * len(spec.return_ids))
 
     def cancel(self, ref: ObjectRef[Any], force: bool) -> None:
         """Cancel the task that makes ``ref`` (loop thread)."""

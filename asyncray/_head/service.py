@@ -89,8 +89,14 @@ class HeadService(Service):
         node["alive"] = False
         node["death_cause"] = why
         conn = self._node_conns.pop(node_id, None)
-        if conn is not None:
-            conn.abort()
+        if conn is not None and conn.is_open:
+            # Closed, not aborted: a frozen node reads this when it wakes, and stops.
+            conn.send(m.Fenced(reason=f"the head declared this node dead: {why}"))
+            conn.close()
+        notice = m.NodeDead(node_id=node_id, cause=why)
+        for other in list(self._conns):
+            if other is not conn and other.is_open and other.peer is not None and other.peer.role in ("driver", "worker"):
+                other.send(notice)
         for holders in self.objects.values():
             holders.pop(node_id, None)
         self.actors.node_died(node_id)
@@ -144,10 +150,18 @@ class HeadService(Service):
     def _on_message(self, conn: Connection, msg: m.Message) -> None:
         if isinstance(msg, m.NodeResources):
             node = self.nodes.get(msg.node_id)
-            if node is not None:
+            if node is not None and not node["alive"]:  # a fenced node that woke up: stop it again
+                conn.send(m.Fenced(reason=f"the head declared this node dead: {node.get('death_cause', '')}"))
+                conn.close()
+            elif node is not None:
                 node["available"] = msg.available
                 node["last_seen"] = time.time()
         elif isinstance(msg, m.RegisterNode):
+            known = self.nodes.get(msg.node_id)
+            if known is not None and not known["alive"]:
+                conn.reply(msg.rid, error=f"node {msg.node_id.hex()[:8]} was declared dead; start it again as a new node")
+                conn.close()
+                return
             self.nodes[msg.node_id] = {
                 "node_id": msg.node_id,
                 "address": msg.address,

@@ -81,6 +81,7 @@ class NodeService(Service):
         self._clients: set[Connection] = set()
         self._log_subscribers: set[Connection] = set()
         self._head: Connection | None = None
+        self.fenced = asyncio.Event()  # set once the head declared this node dead: whoever runs it stops it
         self._report_scheduled = False
         self.log_dir = os.path.join(config.session_dir, "logs")
         self.view: list[m.NodeView] = []  # the head's latest picture of all nodes
@@ -295,6 +296,19 @@ class NodeService(Service):
                 log.info("worker %s (pid %d) exited with %s", _ids.short(worker_id), proc.pid, code)
             self._apply(self.scheduler.worker_died(worker_id))
 
+    def _fence(self, reason: str) -> None:
+        """The head declared this node dead: kill every worker now and stop (the daemon exits)."""
+        if self.fenced.is_set():
+            return
+        log.error("node %s is fenced, stopping it and its workers: %s", _ids.short(self.node_id), reason)
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+        self.fenced.set()
+
     def _kill_worker(self, worker_id: bytes) -> None:
         proc = self._procs.get(worker_id)
         if proc is not None and proc.returncode is None:
@@ -355,7 +369,9 @@ class NodeService(Service):
             log.warning("node: unexpected %s", type(msg).__name__)
 
     def _on_head_message(self, conn: Connection, msg: m.Message) -> None:
-        if isinstance(msg, m.ClusterView):
+        if isinstance(msg, m.Fenced):
+            self._fence(msg.reason)
+        elif isinstance(msg, m.ClusterView):
             self.view = msg.nodes
         elif isinstance(msg, m.DeleteObjects):  # freed by their owners: our copies go too
             self._delete_copies(msg.object_ids)

@@ -856,6 +856,29 @@ class Borrow(Message):
     released: list[bytes] = field(default_factory=list)
 
 
+# ---------------------------------------------------------------- failures
+@message("node_dead")
+@dataclass(slots=True)
+class NodeDead(Message):
+    """Head to every process: this node is dead (crashed, or silent past the node timeout).
+
+    Owners stop waiting on it: tasks running there are retried elsewhere or fail with
+    NodeDiedError, calls to actors there wait for their restart (SPEC 7).
+    """
+
+    node_id: bytes
+    cause: str
+
+
+@message("fenced")
+@dataclass(slots=True)
+class Fenced(Message):
+    """Head to a node it declared dead: stop. Its workers are killed and the node exits, so
+    no actor ever runs twice and no result of a retried task comes from it (SPEC 7)."""
+
+    reason: str
+
+
 # ---------------------------------------------------------------- what each request's reply is
 def _nothing(value: Any) -> None:
     if value is not None:
