@@ -905,6 +905,87 @@ def test_frozen_node_is_declared_dead_its_work_moves_on_and_it_is_fenced() -> No
         assert any(n["state"] == "DEAD" for n in c.nodes())
 
 
+DRIVER_HEAD_DIES = PRELUDE + """
+asyncray.init(address="auto")
+marker = sys.argv[1]
+
+@asyncray.remote(max_retries=3)
+def slow():
+    open(marker, "w").close()
+    time.sleep(3)
+    return 7
+
+@asyncray.remote
+class Named:
+    def ping(self):
+        return "pong"
+
+def outcome(fn, timeout=60):
+    t0 = time.monotonic()
+    try:
+        return {"value": fn(), "elapsed": time.monotonic() - t0}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)[:600], "elapsed": time.monotonic() - t0}
+
+r = slow.remote()
+while not os.path.exists(marker):
+    time.sleep(0.02)
+print("READY", flush=True)
+sys.stdin.readline()  # the head is frozen
+res = {"running": outcome(lambda: asyncray.get(r, timeout=30))}
+res["actor"] = outcome(lambda: asyncray.get(Named.remote().ping.remote(), timeout=60))
+print("STEP", flush=True)
+sys.stdin.readline()  # the head (and its node) are killed
+res["new_task"] = outcome(lambda: asyncray.get(slow.remote(), timeout=60))
+result(**res)
+"""
+
+
+def test_losing_the_head_never_hangs_the_driver() -> None:
+    """A frozen head: the running task still delivers (driver to worker directly); what needs the
+    head fails after the head timeout, naming it. A killed head (with its node): new work fails
+    after a bounded wait instead of retrying forever."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1")
+        head_pid = c.daemon_pids("head")[0]
+        marker = os.path.join(c.tmpdir, "slow-started")
+        env = {**c.env, "ASYNCRAY_HEAD_TIMEOUT_S": "3", "ASYNCRAY_NODE_UNREACHABLE_TIMEOUT_S": "3"}
+        drv = subprocess.Popen(
+            [sys.executable, "-c", DRIVER_HEAD_DIES, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=env, cwd=c.tmpdir,
+        )
+        head = psutil.Process(head_pid)
+        try:
+            assert drv.stdout is not None and drv.stdin is not None
+            line = drv.stdout.readline()
+            assert line.startswith("READY"), line + drv.communicate(timeout=30)[1]
+            c.track()
+            head.send_signal(signal.SIGSTOP)  # the daemon only: its workers go on
+            drv.stdin.write("frozen\n")
+            drv.stdin.flush()
+            step = drv.stdout.readline()
+            assert step.startswith("STEP"), step + drv.communicate(timeout=30)[1]
+            head.send_signal(signal.SIGKILL)
+            drv.stdin.write("killed\n")
+            drv.stdin.flush()
+            out, err = drv.communicate(timeout=90)
+            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + step + out, err))
+        finally:
+            with contextlib.suppress(psutil.Error):
+                head.send_signal(signal.SIGKILL)
+            if drv.poll() is None:
+                drv.kill()
+                drv.wait()
+        assert res["running"].get("value") == 7, res["running"]
+        actor = res["actor"]
+        assert actor.get("error") == "ActorDiedError", actor
+        assert "head" in actor["message"] and c.address in actor["message"], actor
+        assert actor["elapsed"] < 15, actor  # the head timeout (3 s) and a little
+        new = res["new_task"]
+        assert new.get("error") == "NodeDiedError" and "asyncray status" in new["message"], new
+        assert new["elapsed"] < 20, new
+
+
 def test_spilled_object_crosses_nodes() -> None:
     """Also: a node's store and spill directories can be chosen, and stop removes what it made there."""
     with new_cluster() as c:

@@ -36,7 +36,7 @@ from asyncray._service import Service
 from asyncray._store import serialization as ser
 from asyncray._store.shm import ObjectStore
 from asyncray._wire import messages as m
-from asyncray._wire.connection import Connection, ConnectionLost, connect, serve
+from asyncray._wire.connection import HEAD_KEEPALIVE_S, Connection, ConnectionLost, connect, head_timeout_s, serve
 from asyncray.exceptions import ObjectLostError
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,9 @@ class Core(Service):
         )
         self.head = await connect(
             self.head_address, self._on_message, role=self.role, token=self.token,
-            peer_id=self.worker_id, name=f"{self.role}->head",
+            peer_id=self.worker_id, name=f"{self.role}->head at {self.head_address}", on_close=self._on_head_close,
         )
+        self.head.keep_alive(HEAD_KEEPALIVE_S, head_timeout_s())
         self.head.send(m.OwnerPrefix(prefix=_ids.new_id()[:8]))  # our objects go with us
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
@@ -213,9 +214,13 @@ class Core(Service):
         return self.node_connection().request(msg)
 
     def request_head(self, msg: m.Message) -> asyncio.Future[Any]:
-        """A request to the head (ConnectionLost when the connection is down)."""
+        """A request to the head (ConnectionLost, saying so, when the head is gone)."""
         if self.head is None or not self.head.is_open:
-            raise ConnectionLost(f"the connection to the head at {self.head_address} is down")
+            raise ConnectionLost(
+                f"the head at {self.head_address} is gone (crashed, stopped or silent for"
+                f" {head_timeout_s():g} s): creating actors, finding them by name and placing work on"
+                " other nodes need it; tasks already running go on. Check it with 'asyncray status'."
+            )
         return self.head.request(msg)
 
     async def peer(self, address: str) -> Connection:
@@ -258,6 +263,13 @@ class Core(Service):
         self.actors.connection_lost(conn)
         if self.executor is not None:
             self.executor.connection_lost(conn)
+
+    def _on_head_close(self, conn: Connection) -> None:
+        if not self._stopped:
+            log.warning(
+                "%s lost the head at %s; running tasks go on, what needs the head fails with an error",
+                self.role, self.head_address,
+            )
 
     def _on_node_close(self, conn: Connection) -> None:
         if not self._stopped and self.on_node_lost is not None:

@@ -53,6 +53,9 @@ MAX_EVENTS_PER_REPORT = 20_000
 # Tasks no node can run are retried this often, and fail after the timeout (env var overrides).
 UNSCHEDULABLE_RETRY_S = 0.5
 DEFAULT_UNSCHEDULABLE_TIMEOUT_S = 5.0
+# Lease requests that cannot reach a node are retried this often, and fail after the timeout.
+UNREACHABLE_RETRY_S = 0.2
+DEFAULT_UNREACHABLE_TIMEOUT_S = 30.0
 # Tasks of a function known to run shorter than this are pipelined: up to PIPELINE_DEPTH sit
 # on one leased worker, so it never idles for a round trip. Unknown or longer functions get
 # one at a time, so a long task never holds up another behind it.
@@ -83,12 +86,13 @@ class _Lease:
 class _SchedQueue:
     """Ready tasks of one resource shape, and the leases that serve them."""
 
-    __slots__ = ("idle", "requesting", "resources", "strategy", "tasks", "unschedulable_since")
+    __slots__ = ("idle", "requesting", "resources", "strategy", "tasks", "unreachable_since", "unschedulable_since")
 
     def __init__(self, resources: dict[str, float], strategy: Any) -> None:
         self.resources = resources
         self.strategy = strategy
         self.unschedulable_since = 0.0  # when no node could ever run these (0: they can)
+        self.unreachable_since = 0.0  # when asking for a lease first failed to reach a node
         self.tasks: deque[TaskSpec] = deque()
         self.idle: list[_Lease] = []
         self.requesting = 0
@@ -259,12 +263,12 @@ class TaskSubmitter:
             q.requesting -= 1
             self._unschedulable(q, str(exc))
             return
-        except (ConnectionLost, OSError, ProtocolError):
+        except (ConnectionLost, OSError, ProtocolError) as exc:
             q.requesting -= 1
-            self.links.loop.call_later(0.2, self._pump, q)  # the node went away; try again shortly
+            self._unreachable(q, exc)
             return
         q.requesting -= 1
-        q.unschedulable_since = 0.0
+        q.unschedulable_since = q.unreachable_since = 0.0
         if isinstance(reply, m.LeaseRedirect):  # redirected too often: start over
             self._pump(q)
             return
@@ -304,6 +308,25 @@ class TaskSubmitter:
             self._fail_queue(q, TaskUnschedulableError(f"task cannot be scheduled: {reason} (waited {timeout:g} s)"))
             return
         self.links.loop.call_later(UNSCHEDULABLE_RETRY_S, self._pump, q)
+
+    def _unreachable(self, q: _SchedQueue, exc: BaseException) -> None:
+        """The node to ask is gone or not answering: ask again shortly, for a bounded time.
+
+        After ``ASYNCRAY_NODE_UNREACHABLE_TIMEOUT_S`` (default 30 s) the queued tasks fail
+        with NodeDiedError: no retry loop without a bound (SPEC 7).
+        """
+        now = time.monotonic()
+        timeout = float(os.environ.get("ASYNCRAY_NODE_UNREACHABLE_TIMEOUT_S", DEFAULT_UNREACHABLE_TIMEOUT_S))
+        if not q.unreachable_since:
+            q.unreachable_since = now
+        if now - q.unreachable_since >= timeout or self.links.closed:
+            q.unreachable_since = 0.0
+            self._fail_queue(q, NodeDiedError(
+                f"no node could be reached to run these tasks for {timeout:g} s ({exc}); "
+                "is the cluster still running? Check it with 'asyncray status'"
+            ))
+            return
+        self.links.loop.call_later(UNREACHABLE_RETRY_S, self._pump, q)
 
     def _fail_queue(self, q: _SchedQueue, exc: Exception) -> None:
         desc = ser.error_descriptor(exc)

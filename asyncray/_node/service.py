@@ -19,7 +19,7 @@ from asyncray._service import Service
 from asyncray._store.manager import StoreManager
 from asyncray._store.shm import LARGE_OBJECT_BYTES, ObjectStore
 from asyncray._wire import messages as m
-from asyncray._wire.connection import Connection, connect, serve
+from asyncray._wire.connection import HEAD_KEEPALIVE_S, Connection, connect, head_timeout_s, serve
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,9 @@ class NodeService(Service):
         self._servers.append(server)
         self._head = await connect(
             self.config.head_address, self._on_head_message, role="node", token=self.config.token,
-            peer_id=self.node_id, name="node->head",
+            peer_id=self.node_id, name="node->head", on_close=self._on_head_close,
         )
+        self._head.keep_alive(HEAD_KEEPALIVE_S, head_timeout_s())
         if self.config.listen_host:  # a cluster node: others may pull objects from it
             self.transfer = transfer.TransferServer(self.config.listen_host, self.config.token, self._locate)
         await self._head.request(
@@ -295,6 +296,11 @@ class NodeService(Service):
             if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 log.info("worker %s (pid %d) exited with %s", _ids.short(worker_id), proc.pid, code)
             self._apply(self.scheduler.worker_died(worker_id))
+
+    def _on_head_close(self, conn: Connection) -> None:
+        if not self._stopped and not self.fenced.is_set():
+            log.warning("node %s lost the head at %s; its workers go on with what they run",
+                        _ids.short(self.node_id), self.config.head_address)
 
     def _fence(self, reason: str) -> None:
         """The head declared this node dead: kill every worker now and stop (the daemon exits)."""

@@ -16,9 +16,19 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncray._wire.codec import FrameDecoder, encode
-from asyncray._wire.messages import Convert, Hello, Message, Payload, ProtocolError, Reply
+from asyncray._wire.messages import Convert, Hello, Message, Payload, Ping, ProtocolError, Reply
 
 log = logging.getLogger(__name__)
+
+# Keepalive on connections to the head (drivers, workers, nodes): a ping when idle this long,
+# and the head is taken for gone after this much silence (a frozen head keeps its socket open).
+HEAD_KEEPALIVE_S = 1.0
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+
+
+def head_timeout_s() -> float:
+    """How long the head may stay silent before it is taken for gone (``ASYNCRAY_HEAD_TIMEOUT_S``)."""
+    return float(os.environ.get("ASYNCRAY_HEAD_TIMEOUT_S", DEFAULT_HEAD_TIMEOUT_S))
 
 # Before a peer proves it has the cluster token it may send one small frame, in this time.
 MAX_HELLO_BYTES = 64 * 1024
@@ -62,6 +72,29 @@ class Connection(asyncio.Protocol):
         self._rids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._keepalive_s = 0.0
+        self._last_heard = self._loop.time()
+
+    def keep_alive(self, interval_s: float, silence_s: float) -> None:
+        """Ping the peer when idle for ``interval_s``; abort when it says nothing for ``silence_s``.
+
+        Liveness does not rest on a TCP close alone (SPEC 7): a frozen (SIGSTOPped) peer
+        keeps its socket open forever. The peer answers pings whatever its own settings.
+        """
+        self._keepalive_s, self._silence_s = interval_s, silence_s
+        self._last_heard = self._loop.time()
+        self._loop.call_later(interval_s, self._keepalive_tick)
+
+    def _keepalive_tick(self) -> None:
+        if self._transport is None:
+            return
+        silent = self._loop.time() - self._last_heard
+        if silent > self._silence_s:
+            log.warning("%s: the peer said nothing for %.1f s; closing the connection", self.name, silent)
+            self.abort()
+            return
+        self.send(Ping(answer=True))
+        self._loop.call_later(self._keepalive_s, self._keepalive_tick)
 
     # ------------------------------------------------------------ protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,6 +108,7 @@ class Connection(asyncio.Protocol):
             self.abort()
 
     def data_received(self, data: bytes) -> None:
+        self._last_heard = self._loop.time()
         try:
             if self._expect_hello:
                 # Nothing but one small Hello is decoded before the token is checked.
@@ -98,6 +132,10 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         for msg in msgs:
+            if type(msg) is Ping:
+                if msg.answer and self._transport is not None:
+                    self.send(Ping(answer=False))
+                continue
             if type(msg) is Reply:
                 pending = self._pending.pop(msg.rid, None)
                 if pending is None:

@@ -407,6 +407,14 @@ class StateKind(enum.StrEnum):
     JOB_LOGS = "job_logs"
 
 
+@message("ping")
+@dataclass(slots=True)
+class Ping(Message):
+    """Keepalive (``Connection.keep_alive``): ``answer`` asks the peer to ping back."""
+
+    answer: bool = False
+
+
 @message("hello")
 @dataclass(slots=True)
 class Hello(Message):
