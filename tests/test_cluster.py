@@ -986,6 +986,88 @@ def test_losing_the_head_never_hangs_the_driver() -> None:
         assert new["elapsed"] < 20, new
 
 
+DRIVER_LINEAGE = PRELUDE + """
+asyncray.init(address="auto")
+from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+nodes = {n["NodeID"]: n for n in asyncray.nodes()}
+b_node = next(k for k, n in nodes.items() if n["Resources"].get("b"))
+head_node = next(k for k in nodes if k != b_node)
+on_b = NodeAffinitySchedulingStrategy(node_id=b_node, soft=True)
+
+@asyncray.remote(scheduling_strategy=on_b, max_retries=2)
+def make(seed):
+    return np.random.default_rng(seed).random(200_000), asyncray.get_runtime_context().get_node_id()
+
+@asyncray.remote(scheduling_strategy=on_b, max_retries=2)
+def first(pair):
+    return pair[0] + 1  # a second generation: its argument is lost too
+
+@asyncray.remote(scheduling_strategy=on_b, max_retries=0)
+def once(seed):
+    return np.random.default_rng(seed).random(200_000)
+
+a = make.remote(1)
+b = first.remote(a)
+c = once.remote(3)
+ready, _ = asyncray.wait([a, b, c], num_returns=3, timeout=30)
+assert len(ready) == 3
+print("READY " + json.dumps({"b_node": b_node, "head_node": head_node}), flush=True)
+sys.stdin.readline()  # node B, the only holder of a, b and c, is dead
+
+def outcome(ref):
+    t0 = time.monotonic()
+    try:
+        return {"value": asyncray.get(ref, timeout=40), "elapsed": time.monotonic() - t0}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)[:600], "elapsed": time.monotonic() - t0}
+
+ra, rb, rc = outcome(a), outcome(b), outcome(c)
+expect = np.random.default_rng(1).random(200_000)
+res = {
+    "a_same": bool(np.array_equal(ra["value"][0], expect)) if "value" in ra else ra,
+    "a_node": ra["value"][1] if "value" in ra else None,
+    "b_same": bool(np.array_equal(rb["value"], expect + 1)) if "value" in rb else rb,
+    "c": {k: v for k, v in rc.items() if k != "value"},
+}
+asyncray.shutdown()
+result(**res)
+"""
+
+
+def test_lost_task_results_are_rebuilt_from_lineage() -> None:
+    """A node dies holding the only copies of task results: the owner runs the tasks that made
+    them again, recursively (a lost argument first); a task out of retries says so."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
+        c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
+        b_pid = c.daemon_pids("node")[0]
+        drv = subprocess.Popen(
+            [sys.executable, "-c", DRIVER_LINEAGE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=c.env, cwd=c.tmpdir,
+        )
+        try:
+            assert drv.stdout is not None and drv.stdin is not None
+            line = drv.stdout.readline()
+            assert line.startswith("READY "), line + drv.communicate(timeout=30)[1]
+            ready = json.loads(line[6:])
+            c.track()
+            os.kill(b_pid, signal.SIGKILL)
+            assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
+            drv.stdin.write("dead\n")
+            drv.stdin.flush()
+            out, err = drv.communicate(timeout=90)
+            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
+        finally:
+            if drv.poll() is None:
+                drv.kill()
+                drv.wait()
+        assert res["a_same"] is True, res
+        assert res["a_node"] == ready["head_node"], res  # made again, on the live node
+        assert res["b_same"] is True, res  # rebuilt after its lost argument
+        lost = res["c"]
+        assert lost.get("error") == "ObjectLostError" and "max_retries=0" in lost["message"], lost
+
+
 def test_spilled_object_crosses_nodes() -> None:
     """Also: a node's store and spill directories can be chosen, and stop removes what it made there."""
     with new_cluster() as c:

@@ -310,6 +310,7 @@ class Core(Service):
             return  # our own node: our connection to it says so, and we go with it
         self.tasks.node_died(msg.node_id, msg.cause)
         self.actors.node_died(msg.node_id)
+        self.tasks.rebuild_lost(msg.node_id, msg.cause)
 
     def _actor_stats(self) -> dict[str, Any] | None:
         host = self.executor.actor_host if self.executor is not None else None

@@ -68,7 +68,7 @@ _HEAD = "<head>"  # the notice "peer" for objects we freed (ObjectsFreed)
 class _Entry:
     """One object this process knows: its descriptor once ready, and who waits for it."""
 
-    __slots__ = ("borrowers", "contained", "desc", "fetching", "owned", "pending", "pinned", "waiters")
+    __slots__ = ("borrowers", "contained", "desc", "fetching", "lineage", "owned", "pending", "pinned", "waiters")
 
     def __init__(self, owned: bool, desc: list[Any] | None = None) -> None:
         self.desc = desc
@@ -79,6 +79,7 @@ class _Entry:
         self.borrowers: dict[str, int] | None = None  # owner side: borrower address -> count
         self.contained: list[ObjectRef[Any]] | None = None  # refs inside this value, kept while it lives
         self.pending = False  # a result of our task still running: it frees itself on arrival
+        self.lineage: Any = None  # the TaskSpec that made this stored result (to rebuild it), or None
 
 
 class _LoopBridge:
@@ -184,7 +185,7 @@ class ObjectTable:
         if entry.pending:
             return  # the task is still running; its result frees itself on arrival
         self._objects.pop(object_id, None)
-        entry.contained = None
+        entry.contained = entry.lineage = None
         desc = entry.desc
         if entry.owned and desc is not None and desc[0] == ser.STORED:
             self.free_stored(object_id)
@@ -345,7 +346,9 @@ class ObjectTable:
             refs.append(ObjectRef(oid, address, self))
         return refs
 
-    def set_result(self, object_id: bytes, desc: list[Any], inner: list[ObjectRef[Any]] | None) -> None:
+    def set_result(
+        self, object_id: bytes, desc: list[Any], inner: list[ObjectRef[Any]] | None, lineage: Any = None,
+    ) -> None:
         """A task's result arrived: store it in its entry and wake waiters (loop thread).
 
         ``inner``: refs inside the value, which live as long as it does. A result nobody
@@ -357,10 +360,38 @@ class ObjectTable:
                 self.free_stored(object_id)  # nobody holds a ref any more
             return  # (refs inside it are dropped with ``inner``)
         entry.pending = False
+        entry.lineage = lineage
         if inner:
             entry.contained = inner
         self.resolve(entry, desc)
         self._maybe_free(object_id)
+
+    def lost_on(self, node_id: bytes) -> list[tuple[bytes, Any]]:
+        """Objects we own whose only known copy was in the store of ``node_id`` (now dead), with
+        the task that made each (None: not rebuildable). A copy in our own node's store is kept."""
+        lost = []
+        for oid, entry in snapshot(self._objects).items():
+            desc = entry.desc
+            if not entry.owned or desc is None or desc[0] != ser.STORED or len(desc) < 4 or desc[3] != node_id:
+                continue
+            if self.store.contains(oid):  # fetched here earlier: this copy serves
+                entry.desc = [ser.STORED, oid, desc[2], self.links.node_id]
+                continue
+            lost.append((oid, entry.lineage))
+        return lost
+
+    def set_rebuilding(self, object_id: bytes) -> None:
+        """A lost object is being made again: who asks for it now waits for the new copy."""
+        entry = self._objects.get(object_id)
+        if entry is not None:
+            entry.desc, entry.pending, entry.lineage = None, True, None
+
+    def set_lost(self, object_id: bytes, error: Exception) -> None:
+        """A lost object that cannot be rebuilt: who asks for it gets ``error``."""
+        entry = self._objects.get(object_id)
+        if entry is not None:
+            entry.lineage = None
+            self.resolve(entry, ser.error_descriptor(error))
 
     def refs(self, pairs: list[list[Any]]) -> list[ObjectRef[Any]]:
         """Refs for ``[object_id, owner]`` pairs (refs found inside a result)."""

@@ -30,6 +30,7 @@ from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallErro
 from asyncray._wire.messages import ProtocolError
 from asyncray.exceptions import (
     NodeDiedError,
+    ObjectLostError,
     TaskCancelledError,
     TaskUnschedulableError,
     WorkerCrashedError,
@@ -460,10 +461,16 @@ class TaskSubmitter:
         ``holder`` (the worker that kept them alive meanwhile) that it took them over.
         """
         spec.state = TaskState.FINISHED
+        failed = bool(results) and results[0][0] == ser.ERROR
+        # A task result in a store can be rebuilt by running the task again (Ray's lineage
+        # reconstruction): keep what that needs while the result lives. Actor results cannot.
+        # (With max_retries=0 only the spec is kept, to say why it is not rebuilt; no arguments.)
+        lineage = spec if spec.actor is None and not failed else None
+        if lineage is not None and spec.attempt < spec.max_retries:
+            spec.lineage_deps, spec.lineage_contained = spec.deps, spec.contained
         spec.deps = []
         spec.contained = []
         if self._live.pop(spec.task_id, None) is not None and len(self._finished_events) < MAX_EVENTS_PER_REPORT:
-            failed = bool(results) and results[0][0] == ser.ERROR
             end = time.time()
             start = end - spec.duration if spec.duration else (spec.started_at or end)
             self._finished_events.append([
@@ -476,7 +483,43 @@ class TaskSubmitter:
             inner = objects.refs(contained[i]) if contained and contained[i] else None
             if inner and holder:
                 objects.took_over(holder, inner)
-            objects.set_result(rid, desc, inner)
+            objects.set_result(rid, desc, inner, lineage if desc[0] == ser.STORED else None)
+
+    def rebuild_lost(self, node_id: bytes, cause: str) -> None:
+        """Our objects stored on a dead node: run the tasks that made them again, or say why not.
+
+        Every lost object is marked pending before any task is resubmitted, so a rebuilt
+        task whose argument was lost too waits for that argument's rebuild (recursively).
+        Each rebuild counts against the task's ``max_retries``.
+        """
+        rebuild: dict[bytes, TaskSpec] = {}
+        where = f"node {node_id.hex()[:8]}, which died ({cause})"
+        for oid, spec in self.objects.lost_on(node_id):
+            if spec is None:
+                self.objects.set_lost(oid, ObjectLostError(
+                    f"object {oid.hex()} was stored on {where}; it was made by put() or an actor method,"
+                    " which cannot be run again (only task results are rebuilt from lineage)"
+                ))
+            elif spec.task_id not in rebuild and spec.attempt >= spec.max_retries:
+                self.objects.set_lost(oid, ObjectLostError(
+                    f"object {oid.hex()} was stored on {where}; the task {spec.fn.name}() that made it was"
+                    f" already tried {spec.attempt + 1} time(s) (max_retries={spec.max_retries}), so it is not"
+                    " run again to rebuild it"
+                ))
+            else:
+                self.objects.set_rebuilding(oid)
+                rebuild[spec.task_id] = spec
+        for spec in rebuild.values():
+            log.info("rebuilding the results of %s lost on %s", spec.fn.name, where)
+            spec.attempt += 1
+            spec.state, spec.cancelled = TaskState.SUBMITTED, False
+            spec.args, spec.kwargs = spec.encoded_args, spec.encoded_kwargs
+            spec.deps, spec.contained = spec.lineage_deps or [], spec.lineage_contained or []
+            spec.lineage_deps = spec.lineage_contained = None
+            self._live[spec.task_id] = spec
+            for rid in spec.return_ids:
+                self._by_return[rid] = spec
+            self._resolve_dependencies(spec)
 
     def node_died(self, node_id: bytes, cause: str) -> None:
         """Tasks running on a dead node: retry them (``max_retries``) or fail with NodeDiedError."""
@@ -557,7 +600,7 @@ class TaskSubmitter:
 
         task_id = _ids.new_id()
         arg_descs, kw_descs, deps, contained = encode_args(self.objects, fn.name, args, kwargs)
-        return TaskSpec(contained=contained,
+        return TaskSpec(contained=contained, encoded_args=arg_descs, encoded_kwargs=kw_descs,
             task_id=task_id, fn=fn, args=arg_descs, kwargs=kw_descs, deps=deps,
             return_ids=[_ids.return_id(task_id, i) for i in range(num_returns)],
             resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions, strategy=strategy,

@@ -78,6 +78,13 @@ class TaskSpec:
     duration: float = 0.0
     contained: list[Any] = field(default_factory=list)  # refs inside the arguments, alive until done
     job_id: bytes = b""  # the submitting job: the driver's, or the job of the task that submitted it
+    # Lineage: the arguments as encoded at .remote() (refs still refs), and the refs they hold,
+    # kept while a stored result of this task lives, so that a lost result can be rebuilt by
+    # running the task again (``TaskSubmitter.rebuild_lost``).
+    encoded_args: list[Any] = field(default_factory=list)
+    encoded_kwargs: dict[str, Any] = field(default_factory=dict)
+    lineage_deps: list[ObjectRef[Any]] | None = None
+    lineage_contained: list[ObjectRef[Any]] | None = None
     sched_key: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:
