@@ -16,6 +16,7 @@ __all__ = [
     "GetTimeoutError",
     "NodeDiedError",
     "ObjectLostError",
+    "ObjectReconstructionFailedError",
     "OutOfMemoryError",
     "SerializationError",
     "SystemFailure",
@@ -49,6 +50,10 @@ class NodeDiedError(SystemFailure):
 
 class ObjectLostError(SystemFailure):
     """Every copy of the object is gone and it cannot be rebuilt."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Every copy of the object is gone, and running the task that made it again failed."""
 
 
 class OutOfMemoryError(SystemFailure):

@@ -775,8 +775,9 @@ def test_node_killed_mid_task() -> None:
         sl = res["sleeper"]
         assert sl.get("error") in ("WorkerCrashedError", "NodeDiedError"), sl
         assert sl["system_failure"] and sl["elapsed"] < 15, sl
-        ob = res["object"]
-        assert ob.get("error") == "ObjectLostError" and ob["system_failure"], ob
+        ob = res["object"]  # its task needs resource b, which died with node B: the rebuild fails
+        assert ob.get("error") in ("ObjectLostError", "ObjectReconstructionFailedError"), ob
+        assert ob["system_failure"], ob
         assert ob["elapsed"] < 15, ob
         rt = res["retried"]
         assert rt.get("value") and rt["value"] != b_node, rt  # retried on the head's node

@@ -31,6 +31,7 @@ from asyncray._wire.messages import ProtocolError
 from asyncray.exceptions import (
     NodeDiedError,
     ObjectLostError,
+    ObjectReconstructionFailedError,
     TaskCancelledError,
     TaskUnschedulableError,
     WorkerCrashedError,
@@ -462,6 +463,12 @@ class TaskSubmitter:
         """
         spec.state = TaskState.FINISHED
         failed = bool(results) and results[0][0] == ser.ERROR
+        if failed and spec.rebuilding:  # the object was lost, and making it again failed too
+            results = [ser.error_descriptor(ObjectReconstructionFailedError(
+                f"the result of {spec.fn.name}() was lost with {spec.rebuilding}, and running the task again"
+                f" to rebuild it failed: {_error_summary(results[0]).splitlines()[0]}"
+            ))] * len(spec.return_ids)
+        spec.rebuilding = ""
         # A task result in a store can be rebuilt by running the task again (Ray's lineage
         # reconstruction): keep what that needs while the result lives. Actor results cannot.
         # (With max_retries=0 only the spec is kept, to say why it is not rebuilt; no arguments.)
@@ -512,6 +519,7 @@ class TaskSubmitter:
         for spec in rebuild.values():
             log.info("rebuilding the results of %s lost on %s", spec.fn.name, where)
             spec.attempt += 1
+            spec.rebuilding = where
             spec.state, spec.cancelled = TaskState.SUBMITTED, False
             spec.args, spec.kwargs = spec.encoded_args, spec.encoded_kwargs
             spec.deps, spec.contained = spec.lineage_deps or [], spec.lineage_contained or []

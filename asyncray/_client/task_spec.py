@@ -85,6 +85,7 @@ class TaskSpec:
     encoded_kwargs: dict[str, Any] = field(default_factory=dict)
     lineage_deps: list[ObjectRef[Any]] | None = None
     lineage_contained: list[ObjectRef[Any]] | None = None
+    rebuilding: str = ""  # set while the task runs again to rebuild lost results: why they were lost
     sched_key: tuple[Any, ...] = field(init=False)
 
     def __post_init__(self) -> None:
