@@ -351,3 +351,17 @@ def test_worker_print_reaches_the_driver(ray, capfd):
 
     assert wait_for(seen, 5)
     assert f"(shout pid={wpid} node={node}) hello from the worker" in seen.buf  # type: ignore[attr-defined]
+
+
+def test_a_function_too_large_to_ship_fails_at_the_call_site(ray):
+    big = b"x" * (70 * 1024 * 1024)
+
+    @asyncray.remote
+    def uses_big():
+        return len(big)
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"uses_big pickles to [\d,]+ bytes, over the [\d,]+-byte limit.*put\(\)"):
+        uses_big.remote()
+    assert time.monotonic() - t0 < 10
+    assert ray.get(add.remote(1, 2)) == 3  # nothing leaked: the runtime goes on

@@ -10,10 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from asyncray._client.ref import ObjectRef
 from asyncray._store import serialization as ser
+from asyncray._wire.codec import MAX_FRAME_BYTES
 from asyncray.exceptions import SerializationError
 
 if TYPE_CHECKING:
     from asyncray._client.objects import ObjectTable
+
+
+# A function or class travels in a control frame: it must leave room in one for the rest.
+MAX_FUNCTION_BYTES = MAX_FRAME_BYTES - 1024 * 1024
 
 
 class TaskState(enum.Enum):
@@ -44,6 +49,12 @@ class FunctionDescriptor:
             blob = ser.dumps_function(obj)
         except Exception as exc:
             raise SerializationError(f"{name} cannot be pickled for remote execution: {exc}") from exc
+        if len(blob) > MAX_FUNCTION_BYTES:
+            raise ValueError(
+                f"{name} pickles to {len(blob):,} bytes, over the {MAX_FUNCTION_BYTES:,}-byte limit for shipping"
+                " a function or class to workers; it probably captures large data in a closure or a global:"
+                " pass that data as an argument, or put() it and pass the ref"
+            )
         return cls(
             name=name, blob=blob, fn_id=hashlib.blake2b(blob, digest_size=16).digest(),
             is_async=inspect.iscoroutinefunction(obj),
