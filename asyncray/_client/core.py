@@ -36,7 +36,16 @@ from asyncray._service import Service
 from asyncray._store import serialization as ser
 from asyncray._store.shm import ObjectStore
 from asyncray._wire import messages as m
-from asyncray._wire.connection import HEAD_KEEPALIVE_S, Connection, ConnectionLost, connect, head_timeout_s, serve
+from asyncray._wire.connection import (
+    HEAD_KEEPALIVE_S,
+    PEER_KEEPALIVE_S,
+    Connection,
+    ConnectionLost,
+    connect,
+    head_timeout_s,
+    peer_timeout_s,
+    serve,
+)
 from asyncray.exceptions import ObjectLostError
 
 log = logging.getLogger(__name__)
@@ -244,6 +253,7 @@ class Core(Service):
             raise
         finally:
             self._connecting.pop(address, None)
+        conn.keep_alive(PEER_KEEPALIVE_S, peer_timeout_s())  # a frozen peer is dropped, not waited on
         self._peers[address] = conn
         fut.set_result(conn)
         return conn

@@ -531,7 +531,7 @@ class TaskSubmitter:
 
     def node_died(self, node_id: bytes, cause: str) -> None:
         """Tasks running on a dead node: retry them (``max_retries``) or fail with NodeDiedError."""
-        lost = self._lose_leases(lambda lz: lz.node_id == node_id)
+        lost, _idle = self._lose_leases(lambda lz: lz.node_id == node_id)
         for spec, _lease in lost:
             self._retry_or_fail(
                 spec, f"the node {node_id.hex()[:8]} running", lambda what: NodeDiedError(f"{what}; the head says: {cause}"),
@@ -540,20 +540,31 @@ class TaskSubmitter:
             conn.abort()  # a frozen worker never answers: drop it (and its late results)
 
     def worker_lost(self, conn: Connection) -> None:
-        """A leased worker's connection dropped: retry or fail what it was running."""
-        for spec, lease in self._lose_leases(lambda lz: lz.conn is conn):
+        """A leased worker's connection dropped: retry or fail what it was running.
+
+        The lease goes back with ``kill``: a worker that went silent (frozen) but did not exit
+        would otherwise keep its CPU; one that did exit is already gone (nothing happens).
+        """
+        lost, idle = self._lose_leases(lambda lz: lz.conn is conn)
+        for lease in {id(lz): lz for lz in [*idle, *(lz for _, lz in lost)]}.values():
+            if lease.node_conn.is_open:
+                lease.node_conn.send(m.ReturnLease(lease_id=lease.lease_id, kill=True))
+        for spec, lease in lost:
             self._retry_or_fail(
                 spec, f"the worker process (pid {lease.pid}) running", lambda what: WorkerCrashedError(what),
             )
 
-    def _lose_leases(self, gone: Callable[[_Lease], bool]) -> list[tuple[TaskSpec, _Lease]]:
-        """Forget leases that are gone; their running tasks, taken out of the running table."""
+    def _lose_leases(self, gone: Callable[[_Lease], bool]) -> tuple[list[tuple[TaskSpec, _Lease]], list[_Lease]]:
+        """Forget leases that are gone: their running tasks (taken out of the running table),
+        and the idle leases dropped."""
+        idle: list[_Lease] = []
         for q in self._queues.values():
+            idle += [lz for lz in q.idle if gone(lz)]
             q.idle = [lz for lz in q.idle if not gone(lz)]
         lost = [(s, lz) for s, lz in self._running.values() if gone(lz)]
         for spec, _lease in lost:
             self._running.pop(spec.task_id, None)
-        return lost
+        return lost, idle
 
     def _retry_or_fail(self, spec: TaskSpec, where: str, error: Callable[[str], Exception]) -> None:
         """A system failure took a running task: retry it within ``max_retries``, else fail it."""

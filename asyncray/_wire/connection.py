@@ -30,6 +30,18 @@ def head_timeout_s() -> float:
     """How long the head may stay silent before it is taken for gone (``ASYNCRAY_HEAD_TIMEOUT_S``)."""
     return float(os.environ.get("ASYNCRAY_HEAD_TIMEOUT_S", DEFAULT_HEAD_TIMEOUT_S))
 
+
+# Keepalive on connections a process opens to its peers (workers it leases, actors it calls,
+# owners it borrows from). Generous: a busy worker answers from its loop thread, but C code
+# that holds the GIL for long could delay it.
+PEER_KEEPALIVE_S = 1.0
+DEFAULT_PEER_TIMEOUT_S = 30.0
+
+
+def peer_timeout_s() -> float:
+    """How long a peer may stay silent before it is taken for gone (``ASYNCRAY_PEER_TIMEOUT_S``)."""
+    return float(os.environ.get("ASYNCRAY_PEER_TIMEOUT_S", DEFAULT_PEER_TIMEOUT_S))
+
 # Before a peer proves it has the cluster token it may send one small frame, in this time.
 MAX_HELLO_BYTES = 64 * 1024
 HELLO_TIMEOUT_S = 10.0
