@@ -365,4 +365,3 @@ def test_a_function_too_large_to_ship_fails_at_the_call_site(ray):
         uses_big.remote()
     assert time.monotonic() - t0 < 10
     assert ray.get(add.remote(1, 2)) == 3  # nothing leaked: the runtime goes on
-

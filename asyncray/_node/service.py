@@ -302,6 +302,21 @@ class NodeService(Service):
             log.warning("node %s lost the head at %s; its workers go on with what they run",
                         _ids.short(self.node_id), self.config.head_address)
 
+    def _forward_logs(self, msg: m.LogLines) -> None:
+        """Worker output to each subscribed driver; a driver that does not keep up loses lines
+        (counted, and told how many) rather than making the node buffer without end."""
+        for sub in self._log_subscribers:
+            if not sub.is_open:
+                continue
+            if sub.is_backed_up():
+                sub.state["dropped_lines"] = sub.state.get("dropped_lines", 0) + len(msg.lines)
+                continue
+            dropped = sub.state.pop("dropped_lines", 0)
+            if dropped:
+                note = ["(asyncray)", "stderr", f"{dropped} lines of worker output were dropped: this driver read too slowly"]
+                sub.send(m.LogLines(worker_id=msg.worker_id, pid=msg.pid, lines=[note]))
+            sub.send(msg)
+
     def _fence(self, reason: str) -> None:
         """The head declared this node dead: kill every worker now and stop (the daemon exits)."""
         if self.fenced.is_set():
@@ -350,9 +365,7 @@ class NodeService(Service):
         elif isinstance(msg, m.ReturnLease):
             self._apply(self.scheduler.lease_returned(msg.lease_id, now, msg.kill))
         elif isinstance(msg, m.LogLines):
-            for sub in self._log_subscribers:
-                if sub.is_open:
-                    sub.send(msg)
+            self._forward_logs(msg)
         elif isinstance(msg, m.WorkerBlocked):
             self._apply(self.scheduler.blocked(msg.worker_id))
         elif isinstance(msg, m.WorkerUnblocked):

@@ -20,6 +20,11 @@ from asyncray._wire.messages import Convert, Hello, Message, Payload, Ping, Prot
 
 log = logging.getLogger(__name__)
 
+# Bytes queued for a peer that does not read them: past this, it is taken for stuck and dropped
+# (memory never grows without a limit). Log forwarding gives up far earlier (``is_backed_up``).
+MAX_UNSENT_BYTES = 512 * 1024 * 1024
+BACKED_UP_BYTES = 8 * 1024 * 1024
+
 # Keepalive on connections to the head (drivers, workers, nodes): a ping when idle this long,
 # and the head is taken for gone after this much silence (a frozen head keeps its socket open).
 HEAD_KEEPALIVE_S = 1.0
@@ -86,6 +91,7 @@ class Connection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._keepalive_s = 0.0
         self._last_heard = self._loop.time()
+        self.max_unsent_bytes = MAX_UNSENT_BYTES
 
     def keep_alive(self, interval_s: float, silence_s: float) -> None:
         """Ping the peer when idle for ``interval_s``; abort when it says nothing for ``silence_s``.
@@ -208,6 +214,14 @@ class Connection(asyncio.Protocol):
         out, self._out = self._out, []
         if self._transport is not None and out:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if self._transport.get_write_buffer_size() > self.max_unsent_bytes:
+                log.warning("%s: the peer does not read what it is sent (%d bytes waiting); closing the connection",
+                            self.name, self._transport.get_write_buffer_size())
+                self.abort()
+
+    def is_backed_up(self) -> bool:
+        """True while a lot of what was sent has not reached the peer (a producer may drop or wait)."""
+        return self._transport is not None and self._transport.get_write_buffer_size() > BACKED_UP_BYTES
 
     def next_rid(self) -> int:
         """A request id unique on this connection."""
