@@ -97,6 +97,34 @@ def test_a_wrong_token_gets_nothing_and_the_server_keeps_serving(holder, tmp_pat
     assert transfer.fetch(server.address, TOKEN, oid, str(tmp_path / "dest2")) > 0
 
 
+def test_a_silent_unauthenticated_connection_is_dropped_after_the_request_deadline(holder):
+    _, server = holder
+    host, _, port = server.address.rpartition(":")
+    with socket.create_connection((host, int(port))) as silent:
+        silent.settimeout(transfer.REQUEST_TIMEOUT_S + 5)
+        assert silent.recv(10) == b""
+
+
+def test_unauthenticated_connections_are_bounded_in_number(monkeypatch):
+    import time
+
+    monkeypatch.setattr(transfer, "MAX_UNAUTHENTICATED", 2)
+    server = transfer.TransferServer("127.0.0.1", TOKEN, lambda oid: None)
+    host, _, port = server.address.rpartition(":")
+    silent = [socket.create_connection((host, int(port))) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 5
+        while server._unauthenticated._value > 0:  # both silent peers hold their slots
+            assert time.monotonic() < deadline, "the silent peers were not taken in"
+            time.sleep(0.01)
+        with socket.create_connection((host, int(port)), timeout=3) as extra:  # no slot: closed at once
+            assert extra.recv(10) == b""
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop()
+
+
 def test_only_the_object_is_sent_when_its_file_is_a_longer_warm_segment(holder, tmp_path):
     store, server = holder
     segment = os.path.join(store.directory, "segment-test")

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1024
 TRANSFER_TIMEOUT_S = 60.0
+# Before its token is checked a connection gets this long to send its request line, and at
+# most this many such connections are served at once (a thread each): the rest are closed.
+REQUEST_TIMEOUT_S = 5.0
+MAX_UNAUTHENTICATED = 32
 BOUNCE_BYTES = 4 * 1024 * 1024
 SPLICE_BYTES = 1024 * 1024
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -44,6 +48,7 @@ class TransferServer:
     def __init__(self, host: str, token: str, locate: Callable[[bytes], str | None]) -> None:
         self.token = token.encode()
         self.locate = locate
+        self._unauthenticated = threading.BoundedSemaphore(MAX_UNAUTHENTICATED)
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -60,13 +65,16 @@ class TransferServer:
         self._thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
+        if not self._unauthenticated.acquire(blocking=False):
+            log.warning("object transfer: too many connections waiting to authenticate; closing one")
+            return
+        try:
+            request = _read_request(sock)
+        finally:
+            self._unauthenticated.release()
+        if request is None:
+            return
         sock.settimeout(TRANSFER_TIMEOUT_S)
-        request = b""
-        while not request.endswith(b"\n"):
-            chunk = sock.recv(MAX_REQUEST_BYTES - len(request))
-            if not chunk or len(request) + len(chunk) >= MAX_REQUEST_BYTES:
-                return  # silent or oversized: drop it
-            request += chunk
         token, _, oid_hex = request.strip().partition(b" ")
         if not hmac.compare_digest(token, self.token):
             log.warning("object transfer refused: wrong cluster token")
@@ -91,6 +99,21 @@ class TransferServer:
         """Stop listening (transfers under way end with their connections)."""
         self._server.shutdown()
         self._server.server_close()
+
+
+def _read_request(sock: socket.socket) -> bytes | None:
+    """The request line, within REQUEST_TIMEOUT_S; None for a silent, slow or oversized one."""
+    sock.settimeout(REQUEST_TIMEOUT_S)
+    request = b""
+    try:
+        while not request.endswith(b"\n"):
+            chunk = sock.recv(MAX_REQUEST_BYTES - len(request))
+            if not chunk or len(request) + len(chunk) >= MAX_REQUEST_BYTES:
+                return None
+            request += chunk
+    except OSError:  # timed out or reset
+        return None
+    return request
 
 
 def fetch(address: str, token: str, object_id: bytes, dest: str) -> int:
