@@ -18,7 +18,14 @@ from asyncray import _ids
 from asyncray import _placement as placement
 from asyncray._leasing import request_lease
 from asyncray._wire import messages as m
-from asyncray._wire.connection import Connection, ConnectionLost, RemoteCallError, connect
+from asyncray._wire.connection import (
+    PEER_KEEPALIVE_S,
+    Connection,
+    ConnectionLost,
+    RemoteCallError,
+    connect,
+    peer_timeout_s,
+)
 from asyncray._wire.messages import ProtocolError
 
 if TYPE_CHECKING:
@@ -231,6 +238,7 @@ class ActorManager:
                 name=f"head->actor-{_ids.short(rec.actor_id)}",
                 on_close=lambda c: self._lost(rec, c),
             )
+            conn.keep_alive(PEER_KEEPALIVE_S, peer_timeout_s())  # a frozen actor worker is lost, not waited on
             rec.conn = conn
             result = await conn.request(
                 m.CreateActor(

@@ -13,7 +13,7 @@ from asyncray._head.jobs import JobManager
 from asyncray._head.state import TaskTable
 from asyncray._service import Service
 from asyncray._wire import messages as m
-from asyncray._wire.connection import Connection, connect, serve
+from asyncray._wire.connection import PEER_KEEPALIVE_S, Connection, connect, peer_timeout_s, serve
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ class HeadService(Service):
         log.log(level, "node %s is dead: %s", node_id.hex()[:8], why)
         node["alive"] = False
         node["death_cause"] = why
+        client = self._node_clients.pop(node_id, None)
+        if client is not None:
+            client.abort()  # what waits on the dead node (an actor's lease) fails now, not never
         conn = self._node_conns.pop(node_id, None)
         if conn is not None and conn.is_open:
             # Closed, not aborted: a frozen node reads this when it wakes, and stops.
@@ -143,6 +146,7 @@ class HeadService(Service):
             conn = await connect(
                 self.nodes[node_id]["address"], None, role="head", token=self.token, name="head->node"
             )
+            conn.keep_alive(PEER_KEEPALIVE_S, peer_timeout_s())
             self._node_clients[node_id] = conn
         return conn
 
