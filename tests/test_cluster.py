@@ -652,7 +652,8 @@ def test_stop_ends_frozen_processes() -> None:
 
 
 # ====================================================================== failures
-DRIVER_NODE_DIES = PRELUDE + """
+# What the failure drivers share: node ids, start markers, and an outcome that never raises.
+FAILURE_PRELUDE = PRELUDE + """
 asyncray.init(address="auto")
 nodes = {n["NodeID"]: n for n in asyncray.nodes()}
 b_node = next(k for k, n in nodes.items() if n["Resources"].get("b"))
@@ -667,6 +668,18 @@ def wait_started(*names):
     while not all(os.path.exists(marker + "." + n) for n in names):
         assert time.monotonic() < deadline, f"{names} did not start"
         time.sleep(0.02)
+
+def outcome(ref, timeout):
+    t0 = time.monotonic()
+    try:
+        v = asyncray.get(ref, timeout=timeout)
+        return {"value": v, "elapsed": time.monotonic() - t0}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)[:500], "elapsed": time.monotonic() - t0,
+                "system_failure": isinstance(exc, asyncray.exceptions.SystemFailure)}
+"""
+
+DRIVER_NODE_DIES = FAILURE_PRELUDE + """
 
 @asyncray.remote(resources={"b": 1}, num_cpus=0)
 def produce():
@@ -716,15 +729,6 @@ wait_started("sleep", "retry")
 print("READY " + json.dumps({"b_node": b_node, "actor_first": actor_first}), flush=True)
 sys.stdin.readline()  # node B has been killed
 
-def outcome(ref, timeout):
-    t0 = time.monotonic()
-    try:
-        v = asyncray.get(ref, timeout=timeout)
-        return {"value": v, "elapsed": time.monotonic() - t0}
-    except Exception as exc:
-        return {"error": type(exc).__name__, "message": str(exc)[:500], "elapsed": time.monotonic() - t0,
-                "system_failure": isinstance(exc, asyncray.exceptions.SystemFailure)}
-
 res = {"sleeper": outcome(s, 25), "object": outcome(obj, 15), "retried": outcome(r, 25)}
 sys.stdin.readline()  # the head has marked node B dead
 res["actor"] = outcome(actor.node.remote(), 25)
@@ -733,20 +737,33 @@ result(**res)
 """
 
 
+def interactive_driver(c: Cluster, script: str, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Start a driver script that prints a ``READY`` line once set up; returns it and that line.
+
+    The script then waits for lines on stdin (the test's cue that it injected a failure).
+    """
+    drv = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env or c.env, cwd=c.tmpdir,
+    )
+    assert drv.stdout is not None and drv.stdin is not None
+    line = drv.stdout.readline()
+    if not line.startswith("READY"):
+        drv.kill()
+        out, err = drv.communicate(timeout=30)
+        raise AssertionError(f"the driver did not get ready: {line}{out}{err}")
+    return drv, line
+
+
 def test_node_killed_mid_task() -> None:
     with new_cluster() as c:
         c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
         c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
         b_pid = c.daemon_pids("node")[0]
         marker = os.path.join(c.tmpdir, "started")
-        drv = subprocess.Popen(
-            [sys.executable, "-c", DRIVER_NODE_DIES, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=c.env, cwd=c.tmpdir,
-        )
+        drv, line = interactive_driver(c, DRIVER_NODE_DIES, marker)
         try:
             assert drv.stdout is not None and drv.stdin is not None
-            line = drv.stdout.readline()
-            assert line.startswith("READY "), line + drv.communicate(timeout=30)[1]
             ready = json.loads(line[6:])
             b_node = ready["b_node"]
             assert ready["actor_first"] == b_node
@@ -798,22 +815,7 @@ def test_node_killed_mid_task() -> None:
         assert res["v"] == 5
 
 
-DRIVER_NODE_FREEZES = PRELUDE + """
-asyncray.init(address="auto")
-from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-nodes = {n["NodeID"]: n for n in asyncray.nodes()}
-b_node = next(k for k, n in nodes.items() if n["Resources"].get("b"))
-head_node = next(k for k in nodes if k != b_node)
-marker = sys.argv[1]
-
-def started(name):
-    open(marker + "." + name, "w").close()
-
-def wait_started(*names):
-    deadline = time.monotonic() + 30
-    while not all(os.path.exists(marker + "." + n) for n in names):
-        assert time.monotonic() < deadline, f"{names} did not start"
-        time.sleep(0.02)
+DRIVER_NODE_FREEZES = FAILURE_PRELUDE + """
 
 @asyncray.remote(resources={"b": 1}, num_cpus=0, max_retries=0)
 def hang():
@@ -834,13 +836,6 @@ wait_started("hang", "soft")
 print("READY " + json.dumps({"b_node": b_node, "head_node": head_node}), flush=True)
 sys.stdin.readline()  # node B is frozen and declared dead
 
-def outcome(ref, timeout):
-    t0 = time.monotonic()
-    try:
-        return {"value": asyncray.get(ref, timeout=timeout), "elapsed": time.monotonic() - t0}
-    except Exception as exc:
-        return {"error": type(exc).__name__, "message": str(exc)[:500], "elapsed": time.monotonic() - t0}
-
 res = {"hang": outcome(h, 30), "soft": outcome(r, 30)}
 asyncray.shutdown()
 result(**res)
@@ -855,15 +850,10 @@ def test_frozen_node_is_declared_dead_its_work_moves_on_and_it_is_fenced() -> No
         c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
         b_pid = c.daemon_pids("node")[0]
         marker = os.path.join(c.tmpdir, "started")
-        drv = subprocess.Popen(
-            [sys.executable, "-c", DRIVER_NODE_FREEZES, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=c.env, cwd=c.tmpdir,
-        )
+        drv, line = interactive_driver(c, DRIVER_NODE_FREEZES, marker)
         frozen: list[psutil.Process] = []
         try:
             assert drv.stdout is not None and drv.stdin is not None
-            line = drv.stdout.readline()
-            assert line.startswith("READY "), line + drv.communicate(timeout=30)[1]
             ready = json.loads(line[6:])
             c.track()
             b_daemon = psutil.Process(b_pid)
@@ -951,15 +941,10 @@ def test_losing_the_head_never_hangs_the_driver() -> None:
         head_pid = c.daemon_pids("head")[0]
         marker = os.path.join(c.tmpdir, "slow-started")
         env = {**c.env, "ASYNCRAY_HEAD_TIMEOUT_S": "3", "ASYNCRAY_NODE_UNREACHABLE_TIMEOUT_S": "3"}
-        drv = subprocess.Popen(
-            [sys.executable, "-c", DRIVER_HEAD_DIES, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env, cwd=c.tmpdir,
-        )
+        drv, line = interactive_driver(c, DRIVER_HEAD_DIES, marker, env=env)
         head = psutil.Process(head_pid)
         try:
             assert drv.stdout is not None and drv.stdin is not None
-            line = drv.stdout.readline()
-            assert line.startswith("READY"), line + drv.communicate(timeout=30)[1]
             c.track()
             head.send_signal(signal.SIGSTOP)  # the daemon only: its workers go on
             drv.stdin.write("frozen\n")
@@ -1042,14 +1027,9 @@ def test_lost_task_results_are_rebuilt_from_lineage() -> None:
         c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
         c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
         b_pid = c.daemon_pids("node")[0]
-        drv = subprocess.Popen(
-            [sys.executable, "-c", DRIVER_LINEAGE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=c.env, cwd=c.tmpdir,
-        )
+        drv, line = interactive_driver(c, DRIVER_LINEAGE)
         try:
             assert drv.stdout is not None and drv.stdin is not None
-            line = drv.stdout.readline()
-            assert line.startswith("READY "), line + drv.communicate(timeout=30)[1]
             ready = json.loads(line[6:])
             c.track()
             os.kill(b_pid, signal.SIGKILL)
