@@ -22,7 +22,9 @@ TOKEN_FILE = os.path.join(SESSIONS_DIR, "cluster_token")
 
 def new_token() -> str:
     """A fresh cluster token."""
-    return secrets.token_urlsafe(32)
+    # Hex, not urlsafe base64: a token that starts with "-" reads as an option on a command
+    # line (`asyncray start --token -x...` failed now and then).
+    return secrets.token_hex(32)
 
 
 def write_token(token: str) -> str:
