@@ -550,9 +550,7 @@ class TaskSubmitter:
             if lease.node_conn.is_open:
                 lease.node_conn.send(m.ReturnLease(lease_id=lease.lease_id, kill=True))
         for spec, lease in lost:
-            self._retry_or_fail(
-                spec, f"the worker process (pid {lease.pid}) running", lambda what: WorkerCrashedError(what),
-            )
+            self._retry_or_fail(spec, f"the worker process (pid {lease.pid}) running", WorkerCrashedError)
 
     def _lose_leases(self, gone: Callable[[_Lease], bool]) -> tuple[list[tuple[TaskSpec, _Lease]], list[_Lease]]:
         """Forget leases that are gone: their running tasks (taken out of the running table),

@@ -111,7 +111,8 @@ class Connection(asyncio.Protocol):
             log.warning("%s: the peer said nothing for %.1f s; closing the connection", self.name, silent)
             self.abort()
             return
-        self.send(Ping(answer=True))
+        if silent >= self._keepalive_s:  # quiet for a while: ask for a sign of life
+            self.send(Ping(answer=True))
         self._loop.call_later(self._keepalive_s, self._keepalive_tick)
 
     # ------------------------------------------------------------ protocol callbacks
