@@ -391,7 +391,8 @@ class TestTwoNodes:
         try:
             big.sendall((48 << 20).to_bytes(4, "big") + b"\0" * 1024)  # a 48 MiB frame, no Hello yet
             assert closed_within(big, 5), "a 48 MiB frame from a peer without a Hello is being buffered"
-            assert closed_within(silent, 10), "a peer that never sends a Hello is never closed"
+            # closed after the Hello deadline (10 s from accepting it); the margin is for a loaded machine
+            assert closed_within(silent, 15), "a peer that never sends a Hello is never closed"
         finally:
             silent.close()
             big.close()
