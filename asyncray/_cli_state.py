@@ -39,13 +39,15 @@ class Head:
     """One CLI connection to the head (use with ``async with``)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.address = _session.resolve_address(args.address or os.environ.get("ASYNCRAY_ADDRESS") or "auto")
+        self.address = args.address or os.environ.get("ASYNCRAY_ADDRESS") or "auto"
         self.token = _session.resolve_token(args.token)
         self.conn: Any = None
 
     async def __aenter__(self) -> Head:
+        from asyncray._head.locate import locate_head
         from asyncray._wire.connection import connect
 
+        self.address = await locate_head(self.address)
         self.conn = await connect(self.address, None, role="cli", token=self.token, name="cli->head")
         return self
 

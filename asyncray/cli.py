@@ -49,36 +49,104 @@ def cmd_start(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _print(f"asyncray start: {exc}")
         return 2
-    info = _session.read_cluster()
     if args.head:
-        if info and any(pid_alive(p["pid"]) for p in info.get("processes", [])):
-            _print(f"asyncray start: a cluster started here is still running ({info['address']}); run 'asyncray stop' first")
-            return 1
-        token = args.token or os.environ.get("ASYNCRAY_TOKEN") or _session.new_token()
-        _session.write_token(token)
-        _session.write_cluster({"address": None, "processes": []})
+        return _start_head(args)
+    token = _session.resolve_token(args.token)
+    from asyncray._head.locate import is_lookup
+
+    extra = ["--head-lookup", args.address] if is_lookup(args.address) else []
+    ready = _launch("node", args, ["--address", args.address, *extra], token)
+    if ready is None:
+        return 1
+    _print(f"Started an asyncray node {ready['node_id'][:8]} (pid {ready['pid']}) joined to {ready['head_address']}.")
+    return 0
+
+
+def _start_head(args: argparse.Namespace) -> int:
+    """Start the head process, and this machine's node beside it; or restart a head that died,
+    on the storage it left, with the same token (its nodes rejoin it)."""
+    info = _session.read_cluster() or {}
+    processes = info.get("processes", [])
+    if any(p["role"] == "head" and pid_alive(p["pid"]) for p in processes):
+        _print(f"asyncray start: a cluster started here is still running ({info.get('address')}); run 'asyncray stop' first")
+        return 1
+    previous = info.get("storage", "")
+    restart = bool(previous) and not previous.startswith("memory:")
+    if restart:
+        token = args.token or os.environ.get("ASYNCRAY_TOKEN") or _session.resolve_token()
+        storage = args.storage or previous
+        port = args.port if args.port is not None else int(str(info.get("address") or ":6379").rpartition(":")[2])
+        # Processes that are gone leave only their directories, removed by 'stop'.
+        gone = [p for p in processes if not pid_alive(p["pid"])]
+        live = [p for p in processes if pid_alive(p["pid"])]
+
+        def forget_dead(info: dict[str, Any]) -> None:
+            info["processes"] = live
+            info["leftovers"] = info.get("leftovers", []) + [p.get("session_dir") for p in gone if p.get("session_dir")]
+
+        _session.update_cluster(forget_dead)
     else:
-        token = _session.resolve_token(args.token)
-    name = f"{'head' if args.head else 'node'}-{os.getpid()}-{secrets.token_hex(3)}"
+        token = args.token or os.environ.get("ASYNCRAY_TOKEN") or _session.new_token()
+        port = args.port if args.port is not None else 6379
+        name = f"head-{os.getpid()}-{secrets.token_hex(3)}"
+        storage = args.storage or os.environ.get("ASYNCRAY_STORAGE") or (
+            "sqlite://" + os.path.join(_session.SESSIONS_DIR, name, "head.db")
+        )
+        _session.write_token(token)
+        _session.write_cluster({"address": None, "processes": [], "storage": storage})
+        live = []
+    head_args = ["--head", "--port", str(port), "--dashboard-port", str(args.dashboard_port), "--storage", storage]
+    if args.include_dashboard:
+        head_args.append("--include-dashboard")
+    ready = _launch("head", args, head_args, token, name=None if restart else name)
+    if ready is None:
+        if not restart:  # the cluster this start recorded never came up
+            _remove_cluster_files()
+        return 1
+    addr = ready["head_address"]
+    _session.update_cluster(
+        lambda info: info.update(address=addr, dashboard_url=ready.get("dashboard_url"), storage=storage)
+    )
+    if not any(p["role"] == "node" and p.get("head_machine") for p in live):
+        lookup = storage if storage.startswith(("redis", "rediss")) else "auto"
+        node = _launch("node", args, ["--address", addr, "--head-lookup", lookup], token, head_machine=True)
+        if node is None:
+            return 1
+    if restart:
+        _print(f"Restarted the asyncray head at {addr} (pid {ready['pid']}) on {storage}"
+               f"{'; the cluster was restored' if ready.get('restored') else ''}.")
+        return 0
+    _print(f"Started an asyncray head at {addr} (pid {ready['pid']}; its state in {storage}).")
+    if ready.get("dashboard_url"):
+        _print(f"  Dashboard:           {ready['dashboard_url']}")
+    _print("  Connect from Python: asyncray.init(address='auto')   or   ASYNCRAY_ADDRESS=" + addr)
+    _print(f"  Add a node:          asyncray start --address {addr}")
+    _print(f"  Cluster token:       {_session.TOKEN_FILE} (0600; or pass --token / ASYNCRAY_TOKEN)")
+    _print("  Stop everything:     asyncray stop")
+    return 0
+
+
+def _launch(
+    role: str, args: argparse.Namespace, role_args: list[str], token: str, *, name: str | None = None,
+    head_machine: bool = False,
+) -> dict[str, Any] | None:
+    """Start one daemon in the background, wait until it serves, record it; its ready info or None."""
+    name = name or f"{role}-{os.getpid()}-{secrets.token_hex(3)}"
     ready_file = os.path.join(_session.SESSIONS_DIR, f"{name}.ready")
     log_dir = os.path.join(_session.SESSIONS_DIR, name, "logs")
     os.makedirs(log_dir, exist_ok=True)
     cmd = [
         sys.executable, "-m", "asyncray._daemon", "--host", args.host, "--session-name", name,
         "--ready-file", ready_file, "--resources", args.resources, "--node-timeout", str(args.node_timeout),
+        *role_args,
     ]
-    if args.head:
-        cmd += ["--head", "--port", str(args.port), "--dashboard-port", str(args.dashboard_port)]
-        if args.include_dashboard:
-            cmd.append("--include-dashboard")
-    else:
-        cmd += ["--address", args.address]
-    for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus),
-                        ("--object-store-memory", args.object_store_memory),
-                        ("--object-store-dir", args.object_store_dir),
-                        ("--object-spilling-dir", args.object_spilling_dir)):
-        if value is not None:
-            cmd += [flag, str(value)]
+    if role == "node":
+        for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus),
+                            ("--object-store-memory", args.object_store_memory),
+                            ("--object-store-dir", args.object_store_dir),
+                            ("--object-spilling-dir", args.object_spilling_dir)):
+            if value is not None:
+                cmd += [flag, str(value)]
     env = dict(os.environ, ASYNCRAY_TOKEN=token)
     with open(os.path.join(log_dir, "daemon.log"), "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True)
@@ -90,33 +158,18 @@ def cmd_start(args: argparse.Namespace) -> int:
                 proc.wait()
             with open(os.path.join(log_dir, "daemon.log"), errors="replace") as f:
                 tail = f.read()[-2000:]
-            _print(f"asyncray start: the {'head' if args.head else 'node'} did not start:\n{tail}")
+            _print(f"asyncray start: the {role} did not start:\n{tail}")
             _remove_leftovers(name, ready_file, args)
-            if args.head:  # the cluster this start recorded never came up
-                _remove_cluster_files()
-            return 1
+            return None
         time.sleep(0.05)
     with open(ready_file) as f:
-        ready = json.load(f)
+        ready: dict[str, Any] = json.load(f)
     os.unlink(ready_file)
-    extra = {"session_dir": ready["session_dir"], "store_dir": ready["store_dir"], "spill_dir": ready["spill_dir"]}
-    if args.head:
-        _session.update_cluster(
-            lambda info: info.update(address=ready["head_address"], dashboard_url=ready.get("dashboard_url"))
-        )
-    _session.add_process(proc.pid, "head" if args.head else "node", extra)
-    if args.head:
-        addr = ready["head_address"]
-        _print(f"Started an asyncray head at {addr} (node {ready['node_id'][:8]}, pid {proc.pid}).")
-        if ready.get("dashboard_url"):
-            _print(f"  Dashboard:           {ready['dashboard_url']}")
-        _print("  Connect from Python: asyncray.init(address='auto')   or   ASYNCRAY_ADDRESS=" + addr)
-        _print(f"  Add a node:          asyncray start --address {addr}")
-        _print(f"  Cluster token:       {_session.TOKEN_FILE} (0600; or pass --token / ASYNCRAY_TOKEN)")
-        _print("  Stop everything:     asyncray stop")
-    else:
-        _print(f"Started an asyncray node {ready['node_id'][:8]} (pid {proc.pid}) joined to {args.address}.")
-    return 0
+    extra = {k: ready[k] for k in ("session_dir", "store_dir", "spill_dir") if ready.get(k)}
+    if head_machine:
+        extra["head_machine"] = True
+    _session.add_process(proc.pid, role, extra)
+    return ready
 
 
 def _remove_leftovers(name: str, ready_file: str, args: argparse.Namespace) -> None:
@@ -187,7 +240,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         _remove_cluster_files()  # a head whose start failed may have left them
         _print("asyncray stop: nothing started here is running")
         return 0
-    procs = list(reversed(info["processes"]))  # nodes first, the head last
+    # Nodes first (newest first), the head last: nodes that lose the head stop rejoining it.
+    procs = list(reversed(info["processes"]))
+    procs.sort(key=lambda p: p["role"] == "head")
     # Workers lead sessions of their own (so a daemon's process group does not hold them):
     # remember them now, to end any that outlive their daemon.
     children = _descendants([p["pid"] for p in procs])
@@ -210,22 +265,26 @@ def cmd_stop(args: argparse.Namespace) -> int:
         for key in ("store_dir", "spill_dir", "session_dir"):
             if p.get(key):
                 shutil.rmtree(p[key], ignore_errors=True)
+    for path in info.get("leftovers", []):  # of heads that died and were started again
+        shutil.rmtree(path, ignore_errors=True)
     _remove_cluster_files()
     _print(f"Stopped {len(procs)} asyncray process(es)" + (f" ({killed} had to be killed)." if killed else "."))
     return 0
 
 
 # ---------------------------------------------------------------- status
-async def _cluster_state(address: str, token: str) -> list[dict[str, Any]]:
+async def _cluster_state(spec: str, token: str) -> tuple[str, list[dict[str, Any]]]:
+    from asyncray._head.locate import locate_head
     from asyncray._wire import messages as m
     from asyncray._wire.connection import connect
 
-    conn = await connect(address, None, role="cli", token=token, name="cli->head")
+    address = await locate_head(spec)
+    conn = await asyncio.wait_for(connect(address, None, role="cli", token=token, name="cli->head"), 10)
     try:
         state = await asyncio.wait_for(conn.request(m.GetClusterState(rid=0)), 10)
     finally:
         conn.close()
-    return [n.to_wire() for n in state.nodes]
+    return address, [n.to_wire() for n in state.nodes]
 
 
 def _fmt_amount(name: str, v: float) -> str:
@@ -237,8 +296,8 @@ def _fmt_amount(name: str, v: float) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the nodes with their resources and current use."""
     try:
-        address = _session.resolve_address(args.address or os.environ.get("ASYNCRAY_ADDRESS") or "auto")
-        nodes = asyncio.run(_cluster_state(address, _session.resolve_token(args.token)))
+        spec = args.address or os.environ.get("ASYNCRAY_ADDRESS") or "auto"
+        address, nodes = asyncio.run(_cluster_state(spec, _session.resolve_token(args.token)))
     except (OSError, TimeoutError) as exc:
         _print(f"asyncray status: cannot reach the cluster: {exc} (is it running, and is the token right?)")
         return 1
@@ -261,10 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asyncray", description="Run and inspect asyncray clusters.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start", help="start a head (--head) or join a node (--address) in the background")
-    s.add_argument("--head", action="store_true", help="start a new cluster: a head and a node")
-    s.add_argument("--address", help="join the cluster whose head is at HOST:PORT")
+    s.add_argument("--head", action="store_true",
+                   help="start a cluster (a head and a node), or restart its head on the storage it left")
+    s.add_argument("--address", help="join the cluster whose head is at HOST:PORT (or 'auto', or its redis:// storage)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=6379, help="head port (default 6379)")
+    s.add_argument("--port", type=int, default=None, help="head port (default 6379, or the port of the head restarted)")
+    s.add_argument("--storage", default=None,
+                   help="where the head keeps its state: sqlite:///PATH (default: in its session directory) or"
+                   " redis://HOST:PORT/DB (pip install 'asyncray[redis]'); also ASYNCRAY_STORAGE")
     s.add_argument("--num-cpus", type=float)
     s.add_argument("--num-gpus", type=float)
     s.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"disk": 1}\'')

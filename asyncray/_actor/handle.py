@@ -228,7 +228,7 @@ async def lookup_actor(core: Any, name: str, namespace: str | None) -> ActorHand
     if not isinstance(name, str) or not name:
         raise ValueError("get_actor() needs a non-empty actor name")
     ns: str = namespace or core.namespace
-    entry: m.ActorEntry | None = await core.head.request(m.LookupActor(rid=0, name=name, namespace=ns))
+    entry: m.ActorEntry | None = await core.request_head(m.LookupActor(rid=0, name=name, namespace=ns))
     if entry is None:
         raise ValueError(f"no live actor named {name!r} in namespace {ns!r}")
     return ActorHandle(entry.actor_id, entry.meta, core.actors)

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from asyncray import _ids
 from asyncray._actor.client import ActorClient
 from asyncray._client import context
+from asyncray._client.head_link import HeadLink
 from asyncray._client.objects import ObjectTable, peer_address
 from asyncray._client.reports import TaskReporter
 from asyncray._client.submit import TaskSubmitter
@@ -37,12 +38,10 @@ from asyncray._store import serialization as ser
 from asyncray._store.shm import ObjectStore
 from asyncray._wire import messages as m
 from asyncray._wire.connection import (
-    HEAD_KEEPALIVE_S,
     PEER_KEEPALIVE_S,
     Connection,
     ConnectionLost,
     connect,
-    head_timeout_s,
     peer_timeout_s,
     serve,
 )
@@ -71,6 +70,7 @@ class Core(Service):
         listen_host: str = "",
         namespace: str = "default",
         spill_dir: str = "",
+        head_lookup: str = "",
     ) -> None:
         super().__init__()
         self.name = f"{role} core"
@@ -91,7 +91,11 @@ class Core(Service):
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.node: Connection | None = None
-        self.head: Connection | None = None
+        self._owner_prefix = _ids.new_id()[:8]  # the same on every head connection: our objects go with us
+        self.head_link = HeadLink(
+            head_address, lookup=head_lookup, role=role, token=token, peer_id=self.worker_id,
+            handler=self._on_message, on_connect=self._hello_head, spawn=self.spawn,
+        )
         self._server: asyncio.AbstractServer | None = None
         self._peers: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future[Connection]] = {}
@@ -125,12 +129,7 @@ class Core(Service):
             self.node_address, self._on_message, role=self.role, token=self.token,
             peer_id=self.worker_id, name=f"{self.role}->node", on_close=self._on_node_close,
         )
-        self.head = await connect(
-            self.head_address, self._on_message, role=self.role, token=self.token,
-            peer_id=self.worker_id, name=f"{self.role}->head at {self.head_address}", on_close=self._on_head_close,
-        )
-        self.head.keep_alive(HEAD_KEEPALIVE_S, head_timeout_s())
-        self.head.send(m.OwnerPrefix(prefix=_ids.new_id()[:8]))  # our objects go with us
+        await self.head_link.open()
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
         self.supervise(self.reporter.run, "task report")
@@ -144,9 +143,9 @@ class Core(Service):
             self._server.close()
         for peer in list(self._peers.values()):
             peer.close()
-        for own in (self.node, self.head):
-            if own is not None:
-                own.close()
+        if self.node is not None:
+            self.node.close()
+        self.head_link.close()
         self.store.close()
         self.objects.fail_unresolved(
             ser.error_descriptor(ObjectLostError("the runtime was shut down before this object was ready"))
@@ -211,26 +210,23 @@ class Core(Service):
             return True
         return False
 
+    @property
+    def head(self) -> Connection | None:
+        """The connection to the head now (None or closed while it is away)."""
+        return self.head_link.conn
+
     def send_head(self, msg: m.Message) -> bool:
-        """Send to the head; False when that connection is down."""
-        if self.head is not None and self.head.is_open:
-            self.head.send(msg)
-            return True
-        return False
+        """Send to the head; False while it is away."""
+        return self.head_link.send(msg)
 
     def request_node(self, msg: m.Message) -> asyncio.Future[Any]:
         """A request to our node (ConnectionLost when the connection is down)."""
         return self.node_connection().request(msg)
 
     def request_head(self, msg: m.Message) -> asyncio.Future[Any]:
-        """A request to the head (ConnectionLost, saying so, when the head is gone)."""
-        if self.head is None or not self.head.is_open:
-            raise ConnectionLost(
-                f"the head at {self.head_address} is gone (crashed, stopped or silent for"
-                f" {head_timeout_s():g} s): creating actors, finding them by name and placing work on"
-                " other nodes need it; tasks already running go on. Check it with 'asyncray status'."
-            )
-        return self.head.request(msg)
+        """A request to the head; while the head is away it waits (bounded) for it to come back,
+        then fails with ConnectionLost saying so."""
+        return asyncio.ensure_future(self.head_link.request(msg))
 
     async def peer(self, address: str) -> Connection:
         """A connection to the process listening at ``address`` (one per peer, opened once)."""
@@ -274,12 +270,9 @@ class Core(Service):
         if self.executor is not None:
             self.executor.connection_lost(conn)
 
-    def _on_head_close(self, conn: Connection) -> None:
-        if not self._stopped:
-            log.warning(
-                "%s lost the head at %s; running tasks go on, what needs the head fails with an error",
-                self.role, self.head_address,
-            )
+    def _hello_head(self, conn: Connection) -> None:
+        """What a (new) head learns first: the prefix of the objects we own."""
+        conn.send(m.OwnerPrefix(prefix=self._owner_prefix))
 
     def _on_node_close(self, conn: Connection) -> None:
         if not self._stopped and self.on_node_lost is not None:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from asyncray import _ids
+from asyncray import _ids, _session
 from asyncray._client.core import Core, install
 from asyncray._client.portal import Portal
 from asyncray._head.service import HeadService
@@ -37,16 +37,20 @@ def _default_store_root() -> str:
 
 
 def _sweep_stale_sessions() -> None:
-    """Remove session and store directories of embedded clusters whose driver died unclean."""
-    patterns = (
-        os.path.join(tempfile.gettempdir(), "asyncray-sessions", "s*-*"),
-        os.path.join(_default_store_root(), "asyncray-s*-*"),
-    )
+    """Remove session and store directories of embedded clusters whose driver died unclean.
+
+    Only directories of this user's own: a path another user put where we look is never deleted.
+    """
+    patterns = [os.path.join(_default_store_root(), "asyncray-s*-*")]
+    try:
+        patterns.append(os.path.join(_session.ensure_sessions_dir(), "s*-*"))
+    except OSError:
+        pass  # not ours to sweep; new_session_dir() says why
     for pattern in patterns:
         for path in glob.glob(pattern):
             pid_text = os.path.basename(path).split("-")[-2].lstrip("s")
-            if pid_text.isdigit() and not pid_alive(int(pid_text)):
-                shutil.rmtree(path, ignore_errors=True)
+            if pid_text.isdigit() and not pid_alive(int(pid_text)) and _session.is_own_dir(path):
+                shutil.rmtree(path, ignore_errors=True)  # rmtree does not follow symlinks inside
 
 
 # The dashboard of an embedded cluster starts this long after init() (see _start_dashboard_later).
@@ -72,9 +76,17 @@ def bind_port(host: str, port: int) -> socket.socket:
 
 
 def new_session_dir(name: str) -> str:
-    """A fresh directory for sockets and logs (also holds worker logs of an embedded node)."""
-    path = os.path.join(tempfile.gettempdir(), "asyncray-sessions", name)
-    os.makedirs(path, exist_ok=True)
+    """A fresh directory for sockets and logs (also holds worker logs of an embedded node).
+
+    Raises:
+        PermissionError: the sessions directory, or a directory already there by this name, is not ours.
+    """
+    path = os.path.join(_session.ensure_sessions_dir(), name)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not _session.is_own_dir(path):
+            raise PermissionError(f"asyncray: {path} exists and is not a directory of yours") from None
     return path
 
 
@@ -207,10 +219,12 @@ class Runtime:
     async def connect(self, address: str, *, token: str | None, namespace: str | None, log_to_driver: bool) -> RuntimeInfo:
         """Join a running cluster as a driver; its node on this machine runs our tasks (SPEC 2)."""
         from asyncray import _session
+        from asyncray._head.locate import is_lookup, locate_head
         from asyncray._wire import messages as m
         from asyncray._wire.connection import connect as wire_connect
 
-        head_address = _session.resolve_address(address)
+        head_address = await locate_head(address)
+        lookup = address if is_lookup(address) else ""  # where to find the head again if it restarts
         token = _session.resolve_token(token)
         probe = await wire_connect(head_address, None, role="driver", token=token, name="driver->head")
         try:
@@ -237,7 +251,7 @@ class Runtime:
             role="driver", node_address=node.address, head_address=head_address,
             session_dir=self.session_dir, store_dir=node.info["store_dir"], node_id=node.node_id,
             token=token, log_to_driver=log_to_driver, listen_host=listen_host, namespace=self.namespace,
-            spill_dir=node.info.get("spill_dir", ""),
+            spill_dir=node.info.get("spill_dir", ""), head_lookup=lookup,
         )
         await self.core.start()
         install(self.core)

@@ -8,6 +8,7 @@ Callers learn an actor's address with WaitActor and then talk to its worker dire
 from __future__ import annotations
 
 import asyncio
+import builtins
 import enum
 import logging
 import signal
@@ -35,6 +36,16 @@ log = logging.getLogger(__name__)
 
 # How long to wait, after an actor's connection drops, for its node to report the exit code.
 EXIT_CODE_GRACE_S = 0.3
+# After a head restart, how long the creator of a non-detached actor has to reconnect before
+# the actor is taken for orphaned and ended (drivers retry every second at most).
+OWNER_RETURN_S = 20.0
+# Reattaching to a live actor's worker after a head restart: one connection attempt's deadline.
+REATTACH_TIMEOUT_S = 5.0
+# The fields of a record that are written to storage (the rest is live connections).
+STORED_FIELDS = (
+    "actor_id", "name", "namespace", "meta", "spec", "owner_id", "incarnation", "num_restarts", "address",
+    "pid", "node_id", "worker_id", "lease_id", "death_cause", "death_error", "exit_code",
+)
 
 
 class ActorState(enum.Enum):
@@ -56,6 +67,7 @@ class ActorRecord:
     meta: dict[str, Any]
     spec: dict[str, Any]
     owner: Connection | None
+    owner_id: bytes = b""  # the creator's process id, to know it again when it reconnects
     state: ActorState = ActorState.PENDING
     incarnation: int = -1
     num_restarts: int = 0
@@ -70,6 +82,16 @@ class ActorRecord:
     death_error: bytes | None = None  # pickled exception for a constructor failure
     exit_code: int | None = None
     waiters: list[tuple[Connection, int, int]] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """What storage keeps of the actor."""
+        return {**{k: getattr(self, k) for k in STORED_FIELDS}, "state": self.state.value}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> ActorRecord:
+        """An actor as a previous head stored it (no live connections)."""
+        fields = {k: rec[k] for k in STORED_FIELDS if k in rec}
+        return cls(**fields, owner=None, state=ActorState(rec["state"]))
 
     def entry(self) -> dict[str, Any]:
         """The msgpack-able view callers get."""
@@ -106,7 +128,10 @@ class ActorManager:
 
     # ------------------------------------------------------------ requests
     def create(self, conn: Connection, msg: m.CreateActorRequest) -> None:
-        """Register the actor (checking its name) and start placing it."""
+        """Register the actor (checking its name), record it, then start placing it."""
+        if msg.actor_id in self.actors:  # a creator that asks again after a head restart
+            conn.reply(msg.rid, m.ActorRegistered())
+            return
         if msg.name:
             key = (msg.namespace, msg.name)
             existing = self.names.get(key)
@@ -121,10 +146,21 @@ class ActorManager:
                     )
                 return
             self.names[key] = msg.actor_id
-        rec = ActorRecord(msg.actor_id, msg.name, msg.namespace, msg.meta, msg.spec, owner=conn)
+        owner_id = conn.peer.peer_id if conn.peer is not None else b""
+        rec = ActorRecord(msg.actor_id, msg.name, msg.namespace, msg.meta, msg.spec, owner=conn, owner_id=owner_id)
         self.actors[msg.actor_id] = rec
-        conn.reply(msg.rid, m.ActorRegistered())
-        self.head.spawn(self._place(rec), f"place-actor-{_ids.short(rec.actor_id)}")
+        self.head.spawn(self._create(conn, msg.rid, rec), f"create-actor-{_ids.short(rec.actor_id)}")
+
+    async def _create(self, conn: Connection, rid: int, rec: ActorRecord) -> None:
+        try:
+            await self._save(rec)
+        except Exception as exc:
+            self.actors.pop(rec.actor_id, None)
+            self.names.pop((rec.namespace, rec.name), None)
+            conn.reply(rid, error=f"the head could not record the actor in {self.head.storage_url}: {exc}")
+            return
+        conn.reply(rid, m.ActorRegistered())
+        await self._place(rec)
 
     def wait(self, conn: Connection, msg: m.WaitActor) -> None:
         """Reply when the actor is alive in a newer incarnation than the caller knows, or dead."""
@@ -144,7 +180,7 @@ class ActorManager:
         conn.reply(msg.rid, rec.entry() if rec is not None and rec.state is not ActorState.DEAD else None)
 
     def kill(self, conn: Connection, msg: m.KillActor) -> None:
-        """End the actor's process; with no_restart it stays dead."""
+        """End the actor's process; with no_restart it stays dead (recorded before the reply)."""
         rec = self.actors.get(msg.actor_id)
         if rec is None:
             conn.reply(msg.rid, error=f"no actor with id {msg.actor_id.hex()}")
@@ -153,11 +189,87 @@ class ActorManager:
             self._mark_dead(rec, msg.reason)
         else:
             self._end_process(rec)  # the loss handler restarts it
-        conn.reply(msg.rid, None)
+
+        async def answer() -> None:
+            try:
+                await self._save(rec)
+            except Exception as exc:
+                conn.reply(msg.rid, error=f"the head could not record the kill in {self.head.storage_url}: {exc}")
+                return
+            conn.reply(msg.rid, None)
+
+        self.head.spawn(answer(), "kill-actor")
 
     def list(self) -> list[dict[str, Any]]:
         """Every actor's entry."""
         return [rec.entry() for rec in self.actors.values()]
+
+    # ------------------------------------------------------------ storage and restarts
+    def _save(self, rec: ActorRecord) -> asyncio.Future[None]:
+        """Write the actor's record (durable when the future is done)."""
+        from asyncray._head.service import pack
+
+        assert self.head.storage is not None
+        return asyncio.ensure_future(self.head.storage.put("actors", rec.actor_id.hex(), pack(rec.record())))
+
+    def _save_later(self, rec: ActorRecord, what: str) -> None:
+        self.head.persist(self._save(rec), f"actor {_ids.short(rec.actor_id)} {what}")
+
+    def restore(self, stored: dict[str, Any]) -> None:
+        """Take one actor from the storage a previous head left (before serving)."""
+        rec = ActorRecord.from_record(stored)
+        self.actors[rec.actor_id] = rec
+        if rec.worker_id:
+            self._by_worker[rec.worker_id] = rec.actor_id
+        if rec.name and rec.state is not ActorState.DEAD:
+            self.names[(rec.namespace, rec.name)] = rec.actor_id
+
+    def resume(self) -> None:
+        """(Serving now.) Reattach to restored live actors, place the ones that were pending,
+        and give the owners of non-detached ones time to come back."""
+        restored = [rec for rec in self.actors.values() if rec.owner is None and rec.state is not ActorState.DEAD]
+        for rec in restored:
+            if rec.state is ActorState.ALIVE:
+                self.head.spawn(self._reattach(rec), f"reattach-actor-{_ids.short(rec.actor_id)}")
+            else:
+                self.head.spawn(self._place(rec), f"place-actor-{_ids.short(rec.actor_id)}")
+        if any(not rec.spec.get("detached") for rec in restored):
+            self.head.spawn(self._end_orphans(), "end-orphaned-actors")
+
+    async def _reattach(self, rec: ActorRecord) -> None:
+        """Watch a live actor again (a restarted head): a worker that is gone is a lost actor."""
+        try:
+            conn = await asyncio.wait_for(connect(
+                rec.address, None, role="head", token=self.head.token,
+                name=f"head->actor-{_ids.short(rec.actor_id)}", on_close=lambda c: self._lost(rec, c),
+            ), REATTACH_TIMEOUT_S)
+        except (OSError, TimeoutError, ConnectionLost) as exc:
+            log.info("actor %s did not survive the head's restart (%s)", _ids.short(rec.actor_id), exc)
+            self.head.spawn(self._after_loss(rec), "actor-lost")
+            return
+        conn.keep_alive(PEER_KEEPALIVE_S, peer_timeout_s())
+        rec.conn = conn
+        log.info("actor %s reattached at %s", _ids.short(rec.actor_id), rec.address)
+
+    async def _end_orphans(self) -> None:
+        await asyncio.sleep(OWNER_RETURN_S)
+        for rec in list(self.actors.values()):
+            if rec.owner is None and rec.owner_id and not rec.spec.get("detached") and rec.state is not ActorState.DEAD:
+                self._mark_dead(rec, "its owner did not reconnect after the head restarted")
+
+    def owner_back(self, conn: Connection) -> None:
+        """A driver or worker (re)connected: it owns again the actors it created before a restart."""
+        peer_id = conn.peer.peer_id if conn.peer is not None else b""
+        if not peer_id:
+            return
+        for rec in self.actors.values():
+            if rec.owner is None and rec.owner_id == peer_id:
+                rec.owner = conn
+
+    def unknown_leases(self, node_id: bytes, held: builtins.list[int]) -> builtins.list[int]:
+        """Of the leases a rejoining node kept for the head, those no live actor record holds."""
+        known = {rec.lease_id for rec in self.actors.values() if rec.node_id == node_id and rec.state is not ActorState.DEAD}
+        return [lease for lease in held if lease not in known]
 
     # ------------------------------------------------------------ events
     def worker_exited(self, worker_id: bytes, exit_code: int) -> None:
@@ -256,6 +368,10 @@ class ActorManager:
             self._mark_dead(rec, "its constructor raised an exception")
             return
         rec.state, rec.incarnation, rec.address = ActorState.ALIVE, incarnation, grant.address
+        try:
+            await self._save(rec)  # callers learn the address only once a restarted head would know it too
+        except Exception:
+            log.exception("recording actor %s as alive failed", _ids.short(rec.actor_id))
         self._notify(rec)
 
     def _lost(self, rec: ActorRecord, conn: Connection) -> None:
@@ -273,26 +389,34 @@ class ActorManager:
         if limit == -1 or rec.num_restarts < limit:
             rec.num_restarts += 1
             rec.state = ActorState.RESTARTING
+            self._save_later(rec, "restarting")
             log.info("actor %s died (%s); restart %d", _ids.short(rec.actor_id), how, rec.num_restarts)
-            if rec.node_conn is not None and rec.node_conn.is_open:
-                rec.node_conn.send(m.ReturnLease(lease_id=rec.lease_id, kill=True))
+            self._end_process(rec)
             await self._place(rec)
             return
         cause = how if limit == 0 else f"{how}, and it is out of restarts (max_restarts={limit})"
         self._mark_dead(rec, cause)
 
     def _end_process(self, rec: ActorRecord) -> None:
-        if rec.node_conn is not None and rec.node_conn.is_open and rec.lease_id:
+        if not rec.lease_id:
+            return
+        if rec.node_conn is not None and rec.node_conn.is_open:
             rec.node_conn.send(m.ReturnLease(lease_id=rec.lease_id, kill=True))
+            return
+        # Placed by a head that died: the lease is the node's to end, through its own connection.
+        node_conn = self.head.node_conns.get(rec.node_id)
+        if node_conn is not None and node_conn.is_open:
+            node_conn.send(m.ReturnLease(lease_id=rec.lease_id, kill=True))
 
     def _mark_dead(self, rec: ActorRecord, cause: str) -> None:
         if rec.state is ActorState.DEAD:
             return
         rec.state, rec.death_cause = ActorState.DEAD, cause
-        if rec.name:
+        if rec.name and self.names.get((rec.namespace, rec.name)) == rec.actor_id:
             self.names.pop((rec.namespace, rec.name), None)
         self._end_process(rec)
         rec.lease_id = 0
+        self._save_later(rec, "death")
         if rec.conn is not None:
             rec.conn.close()
             rec.conn = None

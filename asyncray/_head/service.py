@@ -1,4 +1,10 @@
-"""The head service: nodes register and report free resources; actors are placed and named."""
+"""The head service: nodes register and report free resources; actors are placed and named.
+
+What others rely on (the node table, the actor directory, the cluster's token and address)
+is written through ``storage`` before it is acknowledged, so a head started again on the same
+storage picks up where the last one died: nodes and drivers reconnect, live actors are
+reattached, actors that were being placed are placed again (``restore``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ import logging
 import time
 from typing import Any
 
+import msgpack
+
 from asyncray._head.actors import ActorManager
 from asyncray._head.jobs import JobManager
 from asyncray._head.state import TaskTable
+from asyncray._head.storage import Storage, open_storage
 from asyncray._service import Service
 from asyncray._wire import messages as m
 from asyncray._wire.connection import PEER_KEEPALIVE_S, Connection, connect, peer_timeout_s, serve
@@ -22,6 +31,19 @@ log = logging.getLogger(__name__)
 VIEW_INTERVAL_S = 0.5
 DEFAULT_NODE_TIMEOUT_S = 5.0
 FREED_MEMORY = 10_000  # how many freed object ids the head remembers
+# After a restart, nodes of the stored table get this long (beyond the node timeout) to rejoin.
+REJOIN_GRACE_S = 10.0
+NODE_FIELDS = ("node_id", "address", "resources", "info", "alive", "death_cause")
+
+
+def pack(value: Any) -> bytes:
+    """A stored record's bytes."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(raw: bytes) -> Any:
+    """A stored record from its bytes."""
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
 
 
 class HeadService(Service):
@@ -29,29 +51,72 @@ class HeadService(Service):
 
     name = "head"
 
-    def __init__(self, address: str, *, token: str = "", node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S) -> None:
+    def __init__(
+        self, address: str, *, token: str = "", node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S,
+        storage: str = "memory://",
+    ) -> None:
         super().__init__()
         self.address = address
         self.token = token
         self.node_timeout_s = node_timeout_s
+        self.storage_url = storage
+        self.storage: Storage | None = None
+        self.restored = False  # True when this head took over the tables of one that died
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.objects: dict[bytes, dict[bytes, int]] = {}  # object id -> {node id: size}
         # Recently freed ids: a copy announced after its object was freed is deleted at once.
         self._freed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.tasks = TaskTable()
-        self._node_conns: dict[bytes, Connection] = {}
+        self.node_conns: dict[bytes, Connection] = {}
         self.actors = ActorManager(self)
         self.jobs = JobManager(self)
         self._node_clients: dict[bytes, Connection] = {}
         self._conns: set[Connection] = set()
 
     async def _start(self) -> None:
+        self.storage = await open_storage(self.storage_url)
+        await self._restore()
         server, self.address = await serve(
             self.address, self._on_message, token=self.token, name="head",
             on_open=self._conns.add, on_close=self._on_close,
         )
         self._servers.append(server)
+        await self.storage.put("meta", "address", self.address.encode())
         self.supervise(self._watch_nodes, "watch-nodes")
+        self.actors.resume()
+
+    async def _restore(self) -> None:
+        """Take over what a head that died on this storage left: token, nodes, actors."""
+        assert self.storage is not None
+        meta = await self.storage.load("meta")
+        stored_token = meta.get("token", b"").decode()
+        if stored_token and self.token and stored_token != self.token:
+            raise ValueError(
+                f"the storage at {self.storage_url} belongs to a cluster with another token; "
+                "start the head with that cluster's token, or give it an empty storage"
+            )
+        self.token = self.token or stored_token
+        if not stored_token:
+            await self.storage.put("meta", "token", self.token.encode())
+        now = time.time()
+        for raw in (await self.storage.load("nodes")).values():
+            node = unpack(raw)
+            # Counted as seen a little in the future: a node gets the timeout and a grace to rejoin.
+            node.update(available=dict(node["resources"]), last_seen=now + REJOIN_GRACE_S)
+            self.nodes[node["node_id"]] = node
+            self.restored = True
+        for raw in (await self.storage.load("actors")).values():
+            self.actors.restore(unpack(raw))
+            self.restored = True
+        if self.restored:
+            log.warning("head restarted on %s: %d nodes and %d actors restored", self.storage_url,
+                        len(self.nodes), len(self.actors.actors))
+
+    def save_node(self, node: dict[str, Any]) -> asyncio.Future[None]:
+        """Write a node's record (durable when the future is done)."""
+        assert self.storage is not None
+        record = {k: node.get(k) for k in NODE_FIELDS}
+        return asyncio.ensure_future(self.storage.put("nodes", node["node_id"].hex(), pack(record)))
 
     async def _watch_nodes(self) -> None:
         """Declare silent nodes dead and keep every node's picture of the cluster fresh."""
@@ -65,7 +130,7 @@ class HeadService(Service):
 
     def _send_view(self) -> None:
         view = m.ClusterView(nodes=self.view())
-        for conn in self._node_conns.values():
+        for conn in self.node_conns.values():
             if conn.is_open:
                 conn.send(view)
 
@@ -88,10 +153,11 @@ class HeadService(Service):
         log.log(level, "node %s is dead: %s", node_id.hex()[:8], why)
         node["alive"] = False
         node["death_cause"] = why
+        self.persist(self.save_node(node), "node death")
         client = self._node_clients.pop(node_id, None)
         if client is not None:
             client.abort()  # what waits on the dead node (an actor's lease) fails now, not never
-        conn = self._node_conns.pop(node_id, None)
+        conn = self.node_conns.pop(node_id, None)
         if conn is not None and conn.is_open:
             # Closed, not aborted: a frozen node reads this when it wakes, and stops.
             conn.send(m.Fenced(reason=f"the head declared this node dead: {why}"))
@@ -122,20 +188,31 @@ class HeadService(Service):
         for oid in [oid for oid in self.objects if oid.startswith(prefix)]:
             del self.objects[oid]
             self._freed[oid] = None
-        for conn in self._node_conns.values():
+        for conn in self.node_conns.values():
             if conn.is_open:
                 conn.send(m.OwnerGone(prefix=prefix))
 
     def _delete_copies(self, by_node: dict[bytes, list[bytes]]) -> None:
         for node_id, oids in by_node.items():
-            conn = self._node_conns.get(node_id)
+            conn = self.node_conns.get(node_id)
             if conn is not None and conn.is_open:
                 conn.send(m.DeleteObjects(object_ids=oids))
+
+    def persist(self, write: asyncio.Future[None], what: str) -> None:
+        """Log a background write that failed (the head goes on; the next write may succeed)."""
+
+        def done(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and fut.exception() is not None:
+                log.error("head storage %s: writing %s failed: %s", self.storage_url, what, fut.exception())
+
+        write.add_done_callback(done)
 
     async def _stop(self) -> None:
         await self.jobs.stop()
         for conn in list(self._node_clients.values()) + list(self._conns):
             conn.close()
+        if self.storage is not None:
+            await self.storage.close()
 
 
     # ------------------------------------------------------------ nodes
@@ -161,24 +238,7 @@ class HeadService(Service):
                 node["available"] = msg.available
                 node["last_seen"] = time.time()
         elif isinstance(msg, m.RegisterNode):
-            known = self.nodes.get(msg.node_id)
-            if known is not None and not known["alive"]:
-                conn.reply(msg.rid, error=f"node {msg.node_id.hex()[:8]} was declared dead; start it again as a new node")
-                conn.close()
-                return
-            self.nodes[msg.node_id] = {
-                "node_id": msg.node_id,
-                "address": msg.address,
-                "resources": msg.resources,
-                "available": dict(msg.resources),
-                "alive": True,
-                "info": msg.info,
-                "last_seen": time.time(),
-            }
-            conn.state["node_id"] = msg.node_id
-            self._node_conns[msg.node_id] = conn
-            conn.reply(msg.rid, {"ok": True})
-            self._send_view()
+            self.spawn(self._register_node(conn, msg), "register-node")
         elif isinstance(msg, m.ObjectLocation):
             if msg.added and msg.object_id in self._freed:  # a copy that landed after its object was freed
                 self._delete_copies({msg.node_id: [msg.object_id]})
@@ -190,8 +250,9 @@ class HeadService(Service):
                 holders.pop(msg.node_id, None)
         elif isinstance(msg, m.ObjectsFreed):
             self._objects_freed(msg.object_ids)
-        elif isinstance(msg, m.OwnerPrefix):
+        elif isinstance(msg, m.OwnerPrefix):  # the first thing a driver or worker says
             conn.state["id_prefix"] = msg.prefix
+            self.actors.owner_back(conn)
         elif isinstance(msg, m.GetClusterState):
             conn.reply(msg.rid, m.ClusterState(nodes=self.view()))
         elif isinstance(msg, m.CreateActorRequest):
@@ -217,6 +278,33 @@ class HeadService(Service):
         else:
             log.warning("head: unexpected %s", type(msg).__name__)
 
+    async def _register_node(self, conn: Connection, msg: m.RegisterNode) -> None:
+        """A node joins, or rejoins after a head restart: recorded durably, then acknowledged."""
+        known = self.nodes.get(msg.node_id)
+        if known is not None and not known["alive"]:
+            conn.reply(msg.rid, error=f"node {msg.node_id.hex()[:8]} was declared dead; start it again as a new node")
+            conn.close()
+            return
+        node = {
+            "node_id": msg.node_id, "address": msg.address, "resources": msg.resources,
+            "available": dict(msg.resources), "alive": True, "info": msg.info, "last_seen": time.time(),
+        }
+        self.nodes[msg.node_id] = node
+        conn.state["node_id"] = msg.node_id
+        self.node_conns[msg.node_id] = conn
+        try:
+            await self.save_node(node)
+        except Exception as exc:
+            conn.reply(msg.rid, error=f"the head could not record the node in {self.storage_url}: {exc}")
+            conn.close()
+            return
+        conn.reply(msg.rid, {"ok": True})
+        if known is not None:
+            log.info("node %s rejoined (%d leases held for actors)", msg.node_id.hex()[:8], len(msg.held))
+            for lease_id in self.actors.unknown_leases(msg.node_id, msg.held):
+                conn.send(m.ReturnLease(lease_id=lease_id, kill=True))  # an actor no record owns
+        self._send_view()
+
     async def _answer_state(self, conn: Connection, msg: m.GetState | m.SubmitJob | m.StopJob) -> None:
         """State queries and job requests (dashboard, CLI, ``asyncray.util.state``)."""
         from asyncray._head.state_api import answer
@@ -238,7 +326,7 @@ class HeadService(Service):
         if prefix:  # its owner is gone: so are the objects it owned (Ray's ownership model)
             self._owner_gone(prefix)
         node_id = conn.state.get("node_id")
-        if node_id is not None and self._node_conns.get(node_id) is conn:
+        if node_id is not None and self.node_conns.get(node_id) is conn:
             self._node_died(node_id, "its connection to the head closed")
         self.actors.owner_gone(conn)
 

@@ -101,6 +101,9 @@ class Reclaim:
 
 Action = Grant | Reject | StartWorker | KillWorker | Reclaim
 
+# The client of a lease whose holder (a head that died) may come back for it.
+ORPHANED = "orphaned"
+
 
 
 
@@ -198,6 +201,19 @@ class LocalScheduler:
                 rec.state = WorkerState.DEAD
                 actions.append(KillWorker(rec.worker_id))
         return actions + self._schedule()
+
+    def orphan(self, client: Any) -> list[Action]:
+        """A head disconnected: its queued requests go, its leases (actors) are kept for the
+        head that takes over, which ends those it does not know (``orphaned_leases``)."""
+        self.queue = deque(r for r in self.queue if r.client != client)
+        for lease in self.leases.values():
+            if lease.client == client:
+                lease.client = ORPHANED
+        return self._schedule()
+
+    def orphaned_leases(self) -> list[int]:
+        """Leases kept for a head that went away."""
+        return [lz.lease_id for lz in self.leases.values() if lz.client == ORPHANED]
 
     def blocked(self, worker_id: bytes) -> list[Action]:
         """The worker's task waits in ``get``: lend its CPUs to others (SPEC section 3)."""

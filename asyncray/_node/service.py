@@ -13,13 +13,23 @@ from typing import Any
 
 from asyncray import _ids
 from asyncray import _placement as placement
+from asyncray._head.locate import locate_head
 from asyncray._node import scheduler as sch
 from asyncray._node import transfer
 from asyncray._service import Service
 from asyncray._store.manager import StoreManager
 from asyncray._store.shm import LARGE_OBJECT_BYTES, ObjectStore
 from asyncray._wire import messages as m
-from asyncray._wire.connection import HEAD_KEEPALIVE_S, Connection, connect, head_timeout_s, serve
+from asyncray._wire.connection import (
+    HEAD_KEEPALIVE_S,
+    Connection,
+    ConnectionLost,
+    RemoteCallError,
+    connect,
+    head_reconnect_timeout_s,
+    head_timeout_s,
+    serve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +40,9 @@ HEARTBEAT_INTERVAL_S = 0.5
 MAX_REDIRECTS = 3
 # How often the node measures its store, refills the warm segment and sweeps stale files.
 STORE_UPKEEP_S = 1.0
+# Joining the head: one attempt's deadline, and the longest pause between attempts to rejoin.
+JOIN_TIMEOUT_S = 5.0
+REJOIN_BACKOFF_MAX_S = 1.0
 # Warm segments go back to the OS after this long without a large write (idle footprint).
 WARM_SEGMENT_IDLE_S = 30.0
 # Two, so back-to-back large writes (a loop of puts, args passed by value) mostly find one.
@@ -52,6 +65,7 @@ class NodeConfig:
     worker_path: list[str] = field(default_factory=list)
     listen_host: str = ""  # empty: workers listen on Unix sockets (one machine)
     spill_dir: str = ""  # empty: <session_dir>/spill
+    head_lookup: str = ""  # where to look the head's address up again when it comes back ("auto", a storage URL)
 
 
 def _open_log(path: str) -> Any:
@@ -98,22 +112,9 @@ class NodeService(Service):
             self.address, self._on_message, token=self.config.token, name="node", on_close=self._on_close
         )
         self._servers.append(server)
-        self._head = await connect(
-            self.config.head_address, self._on_head_message, role="node", token=self.config.token,
-            peer_id=self.node_id, name="node->head", on_close=self._on_head_close,
-        )
-        self._head.keep_alive(HEAD_KEEPALIVE_S, head_timeout_s())
         if self.config.listen_host:  # a cluster node: others may pull objects from it
             self.transfer = transfer.TransferServer(self.config.listen_host, self.config.token, self._locate)
-        await self._head.request(
-            m.RegisterNode(
-                rid=0, node_id=self.node_id, address=self.address, resources=self.config.resources,
-                info={
-                    "pid": os.getpid(), "store_dir": self.config.store_dir, "spill_dir": self.config.spill_dir,
-                    "hostname": os.uname().nodename, "transfer": self.transfer.address if self.transfer else "",
-                },
-            )
-        )
+        await self._join(self.config.head_address)
         self._apply(self.scheduler.prestart())
         self.supervise(self._reap_loop, "reap-idle-workers")
         self.supervise(self._heartbeat_loop, "heartbeat")
@@ -263,6 +264,7 @@ class NodeService(Service):
         env.update(
             ASYNCRAY_NODE_ADDRESS=self.address,
             ASYNCRAY_HEAD_ADDRESS=self.config.head_address,
+            ASYNCRAY_HEAD_LOOKUP=self.config.head_lookup,
             ASYNCRAY_NODE_ID=self.node_id.hex(),
             ASYNCRAY_WORKER_ID=worker_id.hex(),
             ASYNCRAY_SESSION_DIR=self.config.session_dir,
@@ -297,10 +299,65 @@ class NodeService(Service):
                 log.info("worker %s (pid %d) exited with %s", _ids.short(worker_id), proc.pid, code)
             self._apply(self.scheduler.worker_died(worker_id))
 
+    async def _join(self, address: str, rejoin: bool = False) -> None:
+        """Connect to the head and register (again, after it restarted: with what we kept for it)."""
+        conn = await asyncio.wait_for(connect(
+            address, self._on_head_message, role="node", token=self.config.token,
+            peer_id=self.node_id, name="node->head", on_close=self._on_head_close,
+        ), JOIN_TIMEOUT_S)
+        conn.keep_alive(HEAD_KEEPALIVE_S, head_timeout_s())
+        info = {
+            "pid": os.getpid(), "store_dir": self.config.store_dir, "spill_dir": self.config.spill_dir,
+            "hostname": os.uname().nodename, "transfer": self.transfer.address if self.transfer else "",
+        }
+        held = self.scheduler.orphaned_leases() if rejoin else []
+        try:
+            await asyncio.wait_for(conn.request(m.RegisterNode(
+                rid=0, node_id=self.node_id, address=self.address, resources=self.config.resources, info=info,
+                held=held,
+            )), JOIN_TIMEOUT_S)
+        except BaseException:
+            conn.abort()
+            raise
+        self._head = conn
+        self.config.head_address = address
+        if rejoin:  # the new head's object directory learns what we hold
+            for oid in self.store.ids_with_prefix(b""):
+                try:
+                    size = os.stat(self.store.path(oid)).st_size
+                except OSError:
+                    size = 0
+                conn.send(m.ObjectLocation(object_id=oid, node_id=self.node_id, size=size))
+            self._report_now()
+
     def _on_head_close(self, conn: Connection) -> None:
-        if not self._stopped and not self.fenced.is_set():
-            log.warning("node %s lost the head at %s; its workers go on with what they run",
-                        _ids.short(self.node_id), self.config.head_address)
+        if conn is not self._head or self._stopped or self.fenced.is_set():
+            return
+        log.warning("node %s lost the head at %s; its workers go on with what they run, and it rejoins"
+                    " when the head is back", _ids.short(self.node_id), self.config.head_address)
+        self.spawn(self._rejoin(), "rejoin-head")
+
+    async def _rejoin(self) -> None:
+        """Reconnect with backoff until the head is back; fenced (with every worker) past the deadline."""
+        give_up = time.monotonic() + head_reconnect_timeout_s()
+        delay = 0.05
+        while not self._stopped:
+            try:
+                address = await locate_head(self.config.head_lookup or self.config.head_address)
+                await self._join(address, rejoin=True)
+            except RemoteCallError as exc:  # the head refuses us: it declared this node dead
+                self._fence(str(exc))
+                return
+            except (OSError, TimeoutError, ConnectionLost) as exc:
+                if time.monotonic() > give_up:
+                    self._fence(f"the head at {self.config.head_address} was unreachable for"
+                                f" {head_reconnect_timeout_s():g} s (last: {exc})")
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REJOIN_BACKOFF_MAX_S)
+                continue
+            log.info("node %s rejoined the head at %s", _ids.short(self.node_id), address)
+            return
 
     def _forward_logs(self, msg: m.LogLines) -> None:
         """Worker output to each subscribed driver; a driver that does not keep up loses lines
@@ -396,6 +453,8 @@ class NodeService(Service):
             self._delete_copies(msg.object_ids)
         elif isinstance(msg, m.OwnerGone):
             self._delete_copies(self.store.ids_with_prefix(msg.prefix))
+        elif isinstance(msg, m.ReturnLease):  # an actor lease kept across a head restart, unknown to the new head
+            self._apply(self.scheduler.lease_returned(msg.lease_id, time.monotonic(), msg.kill))
         else:
             log.debug("node: head sent %s", type(msg).__name__)
 
@@ -474,7 +533,8 @@ class NodeService(Service):
         if conn in self._clients:
             self._clients.discard(conn)
             if not self._stopped:
-                self._apply(self.scheduler.client_gone(conn))
+                head = conn.peer is not None and conn.peer.role == "head"  # its actors outlive it
+                self._apply(self.scheduler.orphan(conn) if head else self.scheduler.client_gone(conn))
 
     def info(self) -> dict[str, Any]:
         """The node's state, for ``nodes()``, the CLI and the dashboard (with host and per-worker usage)."""

@@ -43,6 +43,13 @@ PEER_KEEPALIVE_S = 1.0
 DEFAULT_PEER_TIMEOUT_S = 30.0
 
 
+def head_reconnect_timeout_s() -> float:
+    """How long nodes and drivers keep trying to reach a head that went away before giving up
+    on it (``ASYNCRAY_HEAD_RECONNECT_TIMEOUT_S``, default 60 s as Ray's): what needs the head
+    waits this long for it to come back, then fails."""
+    return float(os.environ.get("ASYNCRAY_HEAD_RECONNECT_TIMEOUT_S", "60"))
+
+
 def peer_timeout_s() -> float:
     """How long a peer may stay silent before it is taken for gone (``ASYNCRAY_PEER_TIMEOUT_S``)."""
     return float(os.environ.get("ASYNCRAY_PEER_TIMEOUT_S", DEFAULT_PEER_TIMEOUT_S))

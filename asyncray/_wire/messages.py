@@ -531,6 +531,10 @@ class RegisterNode(Message):
     address: str
     resources: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
+    # Rejoining after the head restarted: the leases a head held here (actors it placed),
+    # which the node kept when the head's connection dropped; the head kills the ones it
+    # does not know.
+    held: list[int] = field(default_factory=list)
 
 
 @message("node_resources")

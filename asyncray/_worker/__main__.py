@@ -61,6 +61,7 @@ async def _start(on_node_lost: Callable[[], None]) -> TaskExecutor:
         role="worker",
         node_address=env["ASYNCRAY_NODE_ADDRESS"],
         head_address=env["ASYNCRAY_HEAD_ADDRESS"],
+        head_lookup=env.get("ASYNCRAY_HEAD_LOOKUP", ""),
         session_dir=env["ASYNCRAY_SESSION_DIR"],
         store_dir=env["ASYNCRAY_STORE_DIR"],
         node_id=bytes.fromhex(env["ASYNCRAY_NODE_ID"]),

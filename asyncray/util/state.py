@@ -29,12 +29,12 @@ TIMEOUT_S = 30.0
 
 def _state(kind: str, limit: int = DEFAULT_LIMIT, **args: Any) -> Any:
     core = context.get_core()
-    if core is None or core.head is None:
+    if core is None:
         raise RuntimeError("asyncray.util.state needs a running runtime: call asyncray.init() first")
-    head = core.head
 
     async def ask() -> Any:
-        return await asyncio.wait_for(head.request(m.GetState(rid=0, kind=m.StateKind(kind), limit=limit, args=args)), TIMEOUT_S)
+        request = core.request_head(m.GetState(rid=0, kind=m.StateKind(kind), limit=limit, args=args))
+        return await asyncio.wait_for(request, TIMEOUT_S)
 
     if core.on_loop_thread():
         raise RuntimeError(
