@@ -150,8 +150,19 @@ async def test_logs_api(cluster: dict[str, Any]) -> None:
         actor = next(a for a in await _get(s, url + "/api/actors") if a["state"] == "ALIVE")
         by_actor = await _get(s, url + f"/api/logs?worker={actor['actor_id']}")
         assert by_actor["found"] and by_actor["pid"] == actor["pid"]
-        missing = await _get(s, url + "/api/logs?worker=999999999")
-        assert missing["found"] is False
+        by_pid = await _get(s, url + f"/api/logs?worker={actor['pid']}")
+        assert by_pid["found"] and by_pid["pid"] == actor["pid"]
+
+
+async def test_logs_api_refuses_unknown_ids(cluster: dict[str, Any]) -> None:
+    # Only ids the nodes list as logs reach a node: anything else, a path above all, is a 404.
+    url = cluster["url"]
+    async with aiohttp.ClientSession() as s:
+        for worker in ("999999999", "deadbeef", "0123456789abcdef0123456789abcdef", "../../../etc/passwd",
+                       "..%2F..%2Fetc%2Fpasswd", "worker-x/../../y", "x" * 5000):
+            async with s.get(url + "/api/logs", params={"worker": worker}) as r:
+                assert r.status == 404, (worker, await r.text())
+                assert "root:" not in await r.text()
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -306,6 +317,41 @@ async def test_loopback_needs_no_token_and_busy_port_moves_on() -> None:
         await dash.stop()  # idempotent
     finally:
         busy.close()
+        await head.stop()
+
+
+async def test_loopback_answers_only_its_own_host_names() -> None:
+    # DNS rebinding: a page from evil.example that rebinds its name to 127.0.0.1 sends that Host.
+    from asyncray._head.service import HeadService
+
+    head = HeadService("127.0.0.1:0", token="t")
+    await head.start()
+    try:
+        dash = await start_dashboard(head, "127.0.0.1", 0)
+        try:
+            base = f"http://127.0.0.1:{dash.port}"
+            async with aiohttp.ClientSession() as s:
+                for host in ("evil.example", f"evil.example:{dash.port}", "127.0.0.1.evil.example", "localhost.evil",
+                             "", "10.0.0.1"):
+                    for path in ("/api/nodes", "/", "/metrics"):
+                        async with s.get(base + path, headers={"Host": host}) as r:
+                            assert r.status == 403, (host, path)
+                for host in (f"127.0.0.1:{dash.port}", "127.0.0.1", f"localhost:{dash.port}", "LOCALHOST",
+                             f"[::1]:{dash.port}"):
+                    async with s.get(base + "/api/nodes", headers={"Host": host}) as r:
+                        assert r.status == 200 and await r.json() == [], host
+        finally:
+            await dash.stop()
+        # Off loopback the token guards instead, whatever name the machine is reached by.
+        dash = await start_dashboard(head, "0.0.0.0", 0, token="t")
+        try:
+            async with aiohttp.ClientSession() as s:
+                headers = {"Host": "node-7.cluster.example", "Authorization": "Bearer t"}
+                async with s.get(f"http://127.0.0.1:{dash.port}/api/nodes", headers=headers) as r:
+                    assert r.status == 200
+        finally:
+            await dash.stop()
+    finally:
         await head.stop()
 
 

@@ -62,6 +62,9 @@ class DashboardService(Service):
         self.port = port
         self.url = ""
         self.require_token = not is_loopback(host)
+        # On loopback there is no token: a page from elsewhere that rebinds its own name to
+        # 127.0.0.1 (DNS rebinding) would read everything, so such a request's Host is refused.
+        self.check_host = not self.require_token
         if self.require_token and not token:
             raise ValueError(
                 f"the dashboard binds to {host!r}, reachable from other machines, and so needs the cluster token; "

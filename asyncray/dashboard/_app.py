@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from asyncray import _ids
 from asyncray._head import state_api
 from asyncray.dashboard import _metrics
 
@@ -41,6 +44,35 @@ def _filters(request: web.Request, skip: tuple[str, ...] = ("limit", "token")) -
     return {k: v for k, v in request.query.items() if k not in skip and v != ""}
 
 
+def _host_name(host: str) -> str:
+    """``host`` of a Host header value without its port (``[::1]:8265`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def host_allowed(header: str, bound: str) -> bool:
+    """True when a Host header names this machine: localhost, a loopback address, or ``bound``."""
+    name = _host_name(header).rstrip(".")
+    if name in ("localhost", _host_name(bound)):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback  # an address cannot be rebound, a name can
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def _check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On loopback, answer only requests addressed to this machine by name (DNS rebinding)."""
+    service = request.app[SERVICE_KEY]
+    if service.check_host and not host_allowed(request.headers.get("Host", ""), service.host):
+        return web.Response(status=403, text="asyncray dashboard: open it as http://127.0.0.1:<port> or "
+                                             "http://localhost:<port>; other host names are refused\n")
+    return await handler(request)
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Off loopback, every request must carry the cluster token (SPEC 6)."""
@@ -61,7 +93,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def build_app(service: DashboardService) -> web.Application:
     """The aiohttp application for one dashboard service."""
-    app = web.Application(middlewares=[_auth])
+    app = web.Application(middlewares=[_check_host, _auth])
     app[SERVICE_KEY] = service
     with open(os.path.join(STATIC_DIR, "page.html"), encoding="utf-8") as f:
         template = f.read()
@@ -107,8 +139,27 @@ def build_app(service: DashboardService) -> web.Application:
         return _json(await state_api.collect_state(head, "objects_summary", 0))
 
     async def api_logs(request: web.Request) -> web.Response:
-        args = {"worker": request.query.get("worker", ""), "q": request.query.get("q", "")}
-        return _json(await state_api.collect_state(head, "logs", _limit(request), args))
+        worker = request.query.get("worker", "").strip()
+        if worker and not await _known_log_id(worker):
+            return _json({"error": f"no log for worker {worker[:80]!r}"}, status=404)
+        args = {"worker": worker, "q": request.query.get("q", "")}
+        res = await state_api.collect_state(head, "logs", _limit(request), args)
+        if worker and not res.get("found"):
+            return _json({**res, "error": "no such log"}, status=404)
+        return _json(res)
+
+    async def _known_log_id(worker: str) -> bool:
+        """Whether ``worker`` names a log the nodes list: a pid, a worker id, or an actor's id (prefix)."""
+        if not re.fullmatch(r"[0-9a-fA-F]{1,64}", worker):
+            return False  # only ids reach a node, never a path
+        worker = worker.lower()
+        files = (await state_api.logs(head, ""))["files"]
+        if worker.isdigit() and any(f["pid"] == int(worker) for f in files):
+            return True
+        shorts = {str(f["worker"]).lower() for f in files}
+        if worker in shorts or (len(worker) > 8 and len(worker) % 2 == 0 and _ids.short(bytes.fromhex(worker)) in shorts):
+            return True
+        return len(worker) >= 8 and any(a["pid"] and a["actor_id"].startswith(worker) for a in state_api.actors(head))
 
     async def api_timeline(request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", MAX_LIMIT))
