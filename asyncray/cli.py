@@ -132,6 +132,7 @@ def _launch(
 ) -> dict[str, Any] | None:
     """Start one daemon in the background, wait until it serves, record it; its ready info or None."""
     name = name or f"{role}-{os.getpid()}-{secrets.token_hex(3)}"
+    _session.ensure_sessions_dir()
     ready_file = os.path.join(_session.SESSIONS_DIR, f"{name}.ready")
     log_dir = os.path.join(_session.SESSIONS_DIR, name, "logs")
     os.makedirs(log_dir, exist_ok=True)
@@ -162,8 +163,7 @@ def _launch(
             _remove_leftovers(name, ready_file, args)
             return None
         time.sleep(0.05)
-    with open(ready_file) as f:
-        ready: dict[str, Any] = json.load(f)
+    ready: dict[str, Any] = json.loads(_session.read_private_file(ready_file) or "{}")
     os.unlink(ready_file)
     extra = {k: ready[k] for k in ("session_dir", "store_dir", "spill_dir") if ready.get(k)}
     if head_machine:
@@ -261,15 +261,34 @@ def cmd_stop(args: argparse.Namespace) -> int:
             os.killpg(p["pid"], signal.SIGKILL)  # the daemon leads its own session
             killed += 1
     killed += _end_leftovers(children)
-    for p in procs:
-        for key in ("store_dir", "spill_dir", "session_dir"):
-            if p.get(key):
-                shutil.rmtree(p[key], ignore_errors=True)
-    for path in info.get("leftovers", []):  # of heads that died and were started again
-        shutil.rmtree(path, ignore_errors=True)
+    leftovers = [p.get(k) for p in procs for k in ("store_dir", "spill_dir", "session_dir")]
+    leftovers += info.get("leftovers", [])  # of heads that died and were started again
+    for path in leftovers:
+        if path and _session.is_own_dir(path):  # never delete what is not ours, whatever the file says
+            shutil.rmtree(path, ignore_errors=True)
+    _forget_storage(info.get("storage", ""))
     _remove_cluster_files()
     _print(f"Stopped {len(procs)} asyncray process(es)" + (f" ({killed} had to be killed)." if killed else "."))
     return 0
+
+
+def _forget_storage(url: str) -> None:
+    """A stopped cluster leaves no state in a shared Redis (a file storage went with its directory)."""
+    if not url.startswith(("redis://", "rediss://")):
+        return
+    from asyncray._head.storage import open_storage
+
+    async def clear() -> None:
+        storage = await open_storage(url)
+        try:
+            await storage.clear()
+        finally:
+            await storage.close()
+
+    try:
+        asyncio.run(clear())
+    except (OSError, ConnectionError) as exc:
+        _print(f"asyncray stop: could not clear the cluster's state in {url}: {exc}")
 
 
 # ---------------------------------------------------------------- status
@@ -359,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except PermissionError as exc:  # an unsafe sessions directory or cluster file: say which, no traceback
+        _print(f"asyncray {args.command}: {exc}")
+        return 1
     except BrokenPipeError:  # e.g. `asyncray status | head -1`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -5,10 +5,11 @@
 A head and ``--nodes`` more nodes are started with the CLI (a private TMPDIR, so nothing meets
 another cluster). This process is the driver: it runs task graphs with dependencies, calls to
 actors that restart, and large objects that cross nodes, and checks every value against a
-checksum computed here. Meanwhile a chaos thread SIGKILLs workers, SIGKILLs nodes and freezes
+checksum computed here. Meanwhile a chaos thread SIGKILLs workers, SIGKILLs nodes, freezes
 nodes (SIGSTOP, then SIGCONT after a random pause; a node frozen past the node timeout is
-declared dead and fenced), and starts a new node for each one lost. The head is left alone
-(head fault tolerance is its own work).
+declared dead and fenced), SIGKILLs the head and starts it again on its storage after a random
+pause (``asyncray start --head``: nodes and this driver reconnect), and starts a new node for
+each one lost.
 
 It reports operations, faults injected, operations that failed with a system error (allowed:
 a task out of retries, an object lost with a put), wrong results (must be 0), hangs (an
@@ -55,7 +56,7 @@ def _free_port() -> int:
 
 def _cluster_processes(tmpdir: str) -> list[dict[str, Any]]:
     try:
-        with open(os.path.join(tmpdir, "asyncray-sessions", "cluster.json")) as f:
+        with open(os.path.join(tmpdir, f"asyncray-{os.getuid()}", "cluster.json")) as f:
             return list(json.load(f).get("processes", []))
     except (OSError, ValueError):
         return []
@@ -76,7 +77,9 @@ class Chaos(threading.Thread):
     def __init__(self, env: dict[str, str], tmpdir: str, address: str, rng: random.Random, interval_s: float) -> None:
         super().__init__(name="chaos", daemon=True)
         self.env, self.tmpdir, self.address, self.rng, self.interval_s = env, tmpdir, address, rng, interval_s
-        self.faults: dict[str, int] = {"kill_worker": 0, "kill_node": 0, "freeze_node": 0, "nodes_started": 0}
+        self.faults: dict[str, int] = {
+            "kill_worker": 0, "kill_node": 0, "freeze_node": 0, "kill_head": 0, "nodes_started": 0,
+        }
         self.halt = threading.Event()
 
     def nodes(self) -> list[int]:
@@ -85,7 +88,16 @@ class Chaos(threading.Thread):
     def run(self) -> None:
         while not self.halt.wait(self.rng.uniform(0.5, 1.5) * self.interval_s):
             nodes = self.nodes()
-            fault = self.rng.choice(["kill_worker", "kill_worker", "kill_node", "freeze_node"])
+            fault = self.rng.choice(["kill_worker", "kill_worker", "kill_node", "freeze_node", "kill_head"])
+            if fault == "kill_head":
+                for pid in self.heads():
+                    if _alive(pid):
+                        _signal(pid, signal.SIGKILL)
+                self.halt.wait(self.rng.uniform(0.5, 3.0))  # the cluster runs headless meanwhile
+                _cli(self.env, "start", "--head", "--num-cpus", "1", "--node-timeout", str(NODE_TIMEOUT_S),
+                     "--no-include-dashboard")
+                self.faults[fault] += 1
+                continue
             if fault == "kill_worker":
                 workers = [w for n in [*nodes, *self.heads()] for w in _children(n)]
                 if workers:
@@ -151,14 +163,14 @@ def soak(seconds: float, nodes: int, seed: int, interval_s: float = 2.0) -> dict
     address = f"127.0.0.1:{port}"
     rng = random.Random(seed)
     chaos = Chaos(env, tmpdir, address, rng, interval_s)
-    chaos.want = nodes
+    chaos.want = nodes + 1  # and the node beside the head
     counts = {"operations": 0, "ok": 0, "system_failures": 0, "wrong_results": 0, "hangs": 0}
     failures: dict[str, int] = {}
     slowest = 0.0
     try:
         _cli(env, "start", "--head", "--port", str(port), "--num-cpus", "1", "--node-timeout", str(NODE_TIMEOUT_S),
              "--no-include-dashboard")
-        chaos.replace_lost_nodes(nodes)
+        chaos.replace_lost_nodes()
         chaos.faults["nodes_started"] = 0
         asyncray.init(address=address)
 

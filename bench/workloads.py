@@ -545,7 +545,7 @@ def wl_actor_nn(mod: ModuleType, cfg: Config) -> Metrics:
 # These start a real cluster with the framework's own CLI (``asyncray start`` / ``ray start``): a head
 # and a second node as separate processes on this machine, with distinct ports. The workload process
 # got a private TMPDIR before importing the framework (see ``main``), so the CLI's records
-# (``$TMPDIR/asyncray-sessions/cluster.json``, Ray's ``$TMPDIR/ray``) never meet another cluster's.
+# (``$TMPDIR/asyncray-<uid>/cluster.json``, Ray's ``$TMPDIR/ray``) never meet another cluster's.
 # The cluster is always stopped in a ``finally``, and whatever the stop left (processes, shared-memory
 # directories) is removed by pid / path and counted in the ``left_*`` metrics (0 is right).
 
@@ -648,7 +648,7 @@ class _AsyncrayCLI(_ClusterCLI):
     def stop(self) -> None:
         # What `start` recorded (the daemons' pids and directories), read before `stop` removes it.
         try:
-            with open(os.path.join(tempfile.gettempdir(), "asyncray-sessions", "cluster.json")) as f:
+            with open(os.path.join(tempfile.gettempdir(), f"asyncray-{os.getuid()}", "cluster.json")) as f:
                 info = json.load(f)
         except (OSError, ValueError):
             info = {}

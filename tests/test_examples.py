@@ -45,7 +45,7 @@ def _tagged_processes(tag: str) -> list[str]:
 
 def _session_dirs(pid: int) -> list[str]:
     """The session and object-store directories of the embedded cluster that ``pid`` drove."""
-    return glob.glob(os.path.join(tempfile.gettempdir(), "asyncray-sessions", f"s{pid}-*")) + glob.glob(
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"asyncray-{os.getuid()}", f"s{pid}-*")) + glob.glob(
         f"/dev/shm/asyncray-s{pid}-*"
     )
 

@@ -87,7 +87,7 @@ def test_killed_driver_leaves_no_orphans(tmp_path):
         proc.wait(10)
         assert wait_for(lambda: not any(psutil.pid_exists(p) for p in worker_pids), 10), "workers outlived the driver"
         assert wait_for(lambda: not glob.glob(f"/dev/shm/asyncray-s{proc.pid}-*"), 10), "store left behind"
-        assert wait_for(lambda: not glob.glob(f"{tempfile.gettempdir()}/asyncray-sessions/s{proc.pid}-*"), 10)
+        assert wait_for(lambda: not glob.glob(f"{tempfile.gettempdir()}/asyncray-{os.getuid()}/s{proc.pid}-*"), 10)
     finally:
         if proc.poll() is None:
             proc.kill()

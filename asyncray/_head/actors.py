@@ -266,6 +266,12 @@ class ActorManager:
             if rec.owner is None and rec.owner_id == peer_id:
                 rec.owner = conn
 
+    def owner_moved(self, old: Connection, new: Connection) -> None:
+        """The owner reconnected (a new connection from the same process): its actors follow."""
+        for rec in self.actors.values():
+            if rec.owner is old:
+                rec.owner = new
+
     def unknown_leases(self, node_id: bytes, held: builtins.list[int]) -> builtins.list[int]:
         """Of the leases a rejoining node kept for the head, those no live actor record holds."""
         known = {rec.lease_id for rec in self.actors.values() if rec.node_id == node_id and rec.state is not ActorState.DEAD}

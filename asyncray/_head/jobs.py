@@ -69,7 +69,7 @@ class JobManager:
         self.head = head
         self.jobs: dict[str, JobRecord] = {}
         self._procs: dict[str, asyncio.subprocess.Process] = {}
-        self.log_dir = os.path.join(_session.SESSIONS_DIR, f"jobs-{os.getpid()}-{secrets.token_hex(3)}")
+        self.log_dir = os.path.join(_session.ensure_sessions_dir(), f"jobs-{os.getpid()}-{secrets.token_hex(3)}")
 
     async def submit(self, entrypoint: str, working_dir: str = "", env: dict[str, str] | None = None) -> str:
         """Start a job; returns its id.

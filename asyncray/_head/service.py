@@ -34,6 +34,10 @@ FREED_MEMORY = 10_000  # how many freed object ids the head remembers
 # After a restart, nodes of the stored table get this long (beyond the node timeout) to rejoin.
 REJOIN_GRACE_S = 10.0
 NODE_FIELDS = ("node_id", "address", "resources", "info", "alive", "death_cause")
+# A driver or worker whose connection closed is taken for gone (its objects freed, its actors
+# ended) only if it has not reconnected by then: one that dropped a head it took for frozen
+# is already back on a new connection.
+OWNER_GONE_GRACE_S = 1.0
 
 
 def pack(value: Any) -> bytes:
@@ -115,7 +119,7 @@ class HeadService(Service):
     def save_node(self, node: dict[str, Any]) -> asyncio.Future[None]:
         """Write a node's record (durable when the future is done)."""
         assert self.storage is not None
-        record = {k: node.get(k) for k in NODE_FIELDS}
+        record = {k: node.get(k, "") for k in NODE_FIELDS}
         return asyncio.ensure_future(self.storage.put("nodes", node["node_id"].hex(), pack(record)))
 
     async def _watch_nodes(self) -> None:
@@ -139,7 +143,7 @@ class HeadService(Service):
         return [
             m.NodeView(
                 node_id=n["node_id"], address=n["address"], resources=n["resources"], available=n["available"],
-                alive=n["alive"], info=n["info"], last_seen=n["last_seen"], death_cause=n.get("death_cause", ""),
+                alive=n["alive"], info=n["info"], last_seen=n["last_seen"], death_cause=n.get("death_cause") or "",
             )
             for n in self.nodes.values()
         ]
@@ -322,11 +326,23 @@ class HeadService(Service):
             return
         if "owner" in conn.state:
             self.tasks.forget(conn.state["owner"])
-        prefix = conn.state.get("id_prefix")
-        if prefix:  # its owner is gone: so are the objects it owned (Ray's ownership model)
-            self._owner_gone(prefix)
         node_id = conn.state.get("node_id")
         if node_id is not None and self.node_conns.get(node_id) is conn:
             self._node_died(node_id, "its connection to the head closed")
+        if conn.peer is not None and conn.peer.role in ("driver", "worker"):
+            asyncio.get_running_loop().call_later(OWNER_GONE_GRACE_S, self._owner_left, conn)
+
+    def _owner_left(self, conn: Connection) -> None:
+        """A driver or worker closed its connection a moment ago: unless it is back, what it owned goes."""
+        if self._stopped:
+            return
+        assert conn.peer is not None
+        back = next((c for c in self._conns if c.is_open and c.peer is not None and c.peer.peer_id == conn.peer.peer_id), None)
+        if back is not None:
+            self.actors.owner_moved(conn, back)
+            return
+        prefix = conn.state.get("id_prefix")
+        if prefix:  # its owner is gone: so are the objects it owned (Ray's ownership model)
+            self._owner_gone(prefix)
         self.actors.owner_gone(conn)
 

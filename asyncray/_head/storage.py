@@ -23,6 +23,7 @@ import urllib.parse
 from typing import Any, Protocol
 
 DEFAULT_REDIS_PREFIX = "asyncray"
+TABLES = ("meta", "nodes", "actors")  # what the head writes
 REDIS_TIMEOUT_S = 5.0
 
 
@@ -171,6 +172,12 @@ class Storage:
         """Every key and value of a table."""
         async with self._order:
             return await self.backend.load(table)
+
+    async def clear(self, tables: tuple[str, ...] = TABLES) -> None:
+        """Forget a cluster: remove every key of its tables (``asyncray stop``)."""
+        for table in tables:
+            for key in await self.load(table):
+                await self.delete(table, key)
 
     async def close(self) -> None:
         """Finish pending writes and let go of the backend."""

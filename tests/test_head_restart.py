@@ -1,0 +1,198 @@
+"""Head fault tolerance with real processes: SIGKILL the head of a CLI cluster, start it again
+on the same storage (SQLite by default, or a real Redis server), and the cluster goes on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from conftest import wait_for
+from test_cluster import PRELUDE, Cluster, free_port, interactive_driver, new_cluster, parse_result
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A real redis-server of this test's own, on a free port (killed by pid at the end)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    pytest.importorskip("redis", reason="the redis client package is not installed (pip install 'asyncray[redis]')")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        import socket
+
+        def up() -> bool:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return True
+            return False
+
+        assert wait_for(up, timeout=10), "redis-server did not start"
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+DRIVER = PRELUDE + """
+import threading
+asyncray.init(address="auto")
+
+@asyncray.remote
+class Keeper:
+    def __init__(self):
+        self.n = 0
+    def incr(self):
+        self.n += 1
+        return self.n
+    def pid(self):
+        return os.getpid()
+
+@asyncray.remote
+def long_task(flag):
+    while not os.path.exists(flag):
+        time.sleep(0.05)
+    return "long done"
+
+@asyncray.remote
+def square(x):
+    return x * x
+
+keeper = Keeper.options(name="keeper", namespace="ft", lifetime="detached", resources={"b": 0.1}).remote()
+assert asyncray.get(keeper.incr.remote(), timeout=30) == 1
+long_ref = long_task.remote(sys.argv[1])
+print("READY " + json.dumps({"actor_pid": asyncray.get(keeper.pid.remote(), timeout=30)}), flush=True)
+sys.stdin.readline()  # the head is dead
+
+found = {}
+def find_by_name():  # needs the head: waits for it to come back
+    t0 = time.monotonic()
+    try:
+        h = asyncray.get_actor("keeper", namespace="ft")
+        found["count"] = asyncray.get(h.incr.remote(), timeout=60)
+    except Exception as exc:
+        found["error"] = f"{type(exc).__name__}: {exc}"
+    found["at"] = time.monotonic()
+finder = threading.Thread(target=find_by_name)
+finder.start()
+
+stream = [asyncray.get(square.remote(i), timeout=30) for i in range(40)]  # the head is down all along
+during = {"stream_ok": stream == [i * i for i in range(40)], "calls": asyncray.get(keeper.incr.remote(), timeout=30)}
+print("STREAM " + json.dumps(during), flush=True)
+sys.stdin.readline()  # the head is back
+back_at = time.monotonic()
+stream += [asyncray.get(square.remote(i), timeout=30) for i in range(40, 60)]
+finder.join(90)
+later = Keeper.options(name="later", namespace="ft").remote()  # placing a new actor needs the head
+result(
+    stream_ok=stream == [i * i for i in range(60)],
+    long=asyncray.get(long_ref, timeout=60),
+    found=found.get("count"), found_error=found.get("error"),
+    found_after=round(found.get("at", back_at) - back_at, 2),
+    later=asyncray.get(later.incr.remote(), timeout=60),
+    actor_pid=asyncray.get(keeper.pid.remote(), timeout=30),
+)
+"""
+
+
+def _kill_head(c: Cluster) -> int:
+    (pid,) = c.daemon_pids("head")
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+    return pid
+
+
+def _run_outage(c: Cluster, restart_args: list[str]) -> dict[str, object]:
+    """The driver of DRIVER through a head SIGKILL and restart; its result, with timings."""
+    flag = os.path.join(c.tmpdir, "release-long-task")
+    workers_before = {p.pid for p in c.processes() if "asyncray._worker" in " ".join(p.cmdline())}
+    drv, line = interactive_driver(c, DRIVER, flag)
+    try:
+        assert drv.stdout is not None and drv.stdin is not None
+        actor_pid = json.loads(line[6:])["actor_pid"]
+        c.track()
+        killed = _kill_head(c)
+        assert all(psutil.pid_exists(p) for p in workers_before), "killing the head killed workers"
+        drv.stdin.write("killed\n")
+        drv.stdin.flush()
+        during = drv.stdout.readline()
+        assert during.startswith("STREAM "), during + drv.communicate(timeout=30)[1]
+        stream = json.loads(during[7:])
+        t0 = time.monotonic()
+        out = c.cli("start", "--head", *restart_args).stdout
+        restart_s = time.monotonic() - t0
+        assert "Restarted the asyncray head" in out and "restored" in out, out
+        assert killed not in c.daemon_pids("head")
+        drv.stdin.write("back\n")
+        drv.stdin.flush()
+        with open(flag, "w"):
+            pass
+        out, err = drv.communicate(timeout=120)
+        res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + during + out, err))
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait()
+    return {**res, **stream, "first_pid": actor_pid, "restart_s": restart_s}
+
+
+def _check(c: Cluster, res: dict[str, object]) -> None:
+    assert res["stream_ok"] is True, res  # tasks ran while the head was down, and after
+    assert res["calls"] == 2, res  # the actor answered its owner during the outage
+    assert res["long"] == "long done", res  # the task running across the outage delivered
+    assert res["found_error"] is None and res["found"] == 3, res  # found by name, state kept
+    assert res["actor_pid"] == res["first_pid"], res  # the same process: never restarted
+    assert res["later"] == 1, res  # new actors are placed again
+    assert res["found_after"] < 15, res
+    nodes = c.nodes()
+    assert len(nodes) == 2 and all(n["state"] == "ALIVE" for n in nodes), c.status()
+
+
+def test_head_restart_keeps_the_cluster_sqlite() -> None:
+    """The default storage (SQLite in the session directory): same address, same token."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "2")  # one for the long task, one for the stream
+        token = c.token()
+        c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
+        assert len(c.daemon_pids("head-node")) == 1  # the head machine's node runs beside the head
+        storage = c.info()["storage"]
+        assert storage.startswith("sqlite:///") and storage.endswith("head.db")
+        res = _run_outage(c, [])
+        _check(c, res)
+        assert c.token() == token
+        print("recovery:", json.dumps({k: res[k] for k in ("restart_s", "found_after")}), file=sys.stderr)
+
+
+def test_head_restart_on_another_port_with_redis(redis_url: str) -> None:
+    """A Redis storage: the new head listens on another port; nodes find it through Redis,
+    the driver through this machine's cluster file."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "2", "--storage", redis_url)
+        first_address = c.address
+        c.cli("start", "--address", redis_url, "--num-cpus", "1", "--resources", '{"b": 1}')
+        new_port = free_port()
+        res = _run_outage(c, ["--port", str(new_port), "--storage", redis_url])
+        assert c.info()["address"].endswith(f":{new_port}") and c.info()["address"] != first_address
+        _check(c, res)
+        c.stop()
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert client.keys("asyncray:*") == [], "'asyncray stop' left the cluster's state in Redis"
+        finally:
+            client.close()
