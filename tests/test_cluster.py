@@ -1056,6 +1056,55 @@ def test_lost_task_results_are_rebuilt_from_lineage() -> None:
         assert lost.get("error") == "ObjectLostError" and "max_retries=0" in lost["message"], lost
 
 
+DRIVER_OTHER_COPY = PRELUDE + """
+asyncray.init(address="auto")
+
+@asyncray.remote(resources={"b": 1}, max_retries=0)
+def make():
+    return np.arange(300_000, dtype=np.float64)  # stored on node B; cannot be rebuilt
+
+@asyncray.remote(resources={"c": 1})
+def total(a):
+    return float(a.sum())  # node C reads it: C now holds a copy too
+
+ref = make.remote()
+assert asyncray.get(total.remote(ref), timeout=30) == float(np.arange(300_000).sum())
+print("READY", flush=True)
+sys.stdin.readline()  # node B is dead
+t0 = time.monotonic()
+try:
+    value = asyncray.get(ref, timeout=40)
+    result(same=bool(np.array_equal(value, np.arange(300_000, dtype=np.float64))), elapsed=time.monotonic() - t0)
+except Exception as exc:
+    result(error=type(exc).__name__, message=str(exc)[:400])
+"""
+
+
+def test_a_lost_copy_is_replaced_by_another_copy_the_head_knows() -> None:
+    """The node holding an object dies, but another node fetched a copy: that copy serves
+    (nothing is run again; this object could not be rebuilt anyway)."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
+        c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
+        c.start_node("--num-cpus", "1", "--resources", '{"c": 1}')
+        b_pid = c.daemon_pids("node")[0]
+        drv, line = interactive_driver(c, DRIVER_OTHER_COPY)
+        try:
+            assert drv.stdin is not None
+            c.track()
+            os.kill(b_pid, signal.SIGKILL)
+            assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
+            drv.stdin.write("dead\n")
+            drv.stdin.flush()
+            out, err = drv.communicate(timeout=90)
+            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
+        finally:
+            if drv.poll() is None:
+                drv.kill()
+                drv.wait()
+        assert res.get("same") is True, res
+
+
 def test_spilled_object_crosses_nodes() -> None:
     """Also: a node's store and spill directories can be chosen, and stop removes what it made there."""
     with new_cluster() as c:

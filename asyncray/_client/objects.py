@@ -366,9 +366,9 @@ class ObjectTable:
         self.resolve(entry, desc)
         self._maybe_free(object_id)
 
-    def lost_on(self, node_id: bytes) -> list[tuple[bytes, Any]]:
-        """Objects we own whose only known copy was in the store of ``node_id`` (now dead), with
-        the task that made each (None: not rebuildable). A copy in our own node's store is kept."""
+    def lost_on(self, node_id: bytes) -> list[tuple[bytes, int, Any]]:
+        """Objects we own whose copy was in the store of ``node_id`` (now dead), with their size
+        and the task that made each (None: not rebuildable). A copy in our own node's store is kept."""
         lost = []
         for oid, entry in snapshot(self._objects).items():
             desc = entry.desc
@@ -377,14 +377,21 @@ class ObjectTable:
             if self.store.contains(oid):  # fetched here earlier: this copy serves
                 entry.desc = [ser.STORED, oid, desc[2], self.links.node_id]
                 continue
-            lost.append((oid, entry.lineage))
+            lost.append((oid, int(desc[2]), entry.lineage))
         return lost
 
     def set_rebuilding(self, object_id: bytes) -> None:
-        """A lost object is being made again: who asks for it now waits for the new copy."""
+        """A lost object is being found or made again: who asks for it now waits for the new copy."""
         entry = self._objects.get(object_id)
         if entry is not None:
             entry.desc, entry.pending, entry.lineage = None, True, None
+
+    def set_found(self, object_id: bytes, size: int, node_id: bytes, lineage: Any) -> None:
+        """A lost object has another copy on ``node_id``: that one serves from now on."""
+        entry = self._objects.get(object_id)
+        if entry is not None:
+            entry.pending, entry.lineage = False, lineage
+            self.resolve(entry, [ser.STORED, object_id, size, node_id])
 
     def set_lost(self, object_id: bytes, error: Exception) -> None:
         """A lost object that cannot be rebuilt: who asks for it gets ``error``."""

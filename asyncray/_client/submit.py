@@ -58,6 +58,8 @@ DEFAULT_UNSCHEDULABLE_TIMEOUT_S = 5.0
 # Lease requests that cannot reach a node are retried this often, and fail after the timeout.
 UNREACHABLE_RETRY_S = 0.2
 DEFAULT_UNREACHABLE_TIMEOUT_S = 30.0
+# Asking the head for other copies of lost objects: past this, they are rebuilt instead.
+LOCATE_TIMEOUT_S = 10.0
 # Tasks of a function known to run shorter than this are pipelined: up to PIPELINE_DEPTH sit
 # on one leased worker, so it never idles for a round trip. Unknown or longer functions get
 # one at a time, so a long task never holds up another behind it.
@@ -493,16 +495,35 @@ class TaskSubmitter:
             objects.set_result(rid, desc, inner, lineage if desc[0] == ser.STORED else None)
 
     def rebuild_lost(self, node_id: bytes, cause: str) -> None:
-        """Our objects stored on a dead node: run the tasks that made them again, or say why not.
+        """Our objects stored on a dead node: another copy the head knows of serves, else the
+        tasks that made them run again, or the error says why not.
 
-        Every lost object is marked pending before any task is resubmitted, so a rebuilt
-        task whose argument was lost too waits for that argument's rebuild (recursively).
-        Each rebuild counts against the task's ``max_retries``.
+        Every lost object is marked pending at once (who asks waits), so a rebuilt task whose
+        argument was lost too waits for that argument's rebuild (recursively). Each rebuild
+        counts against the task's ``max_retries``.
         """
+        lost = self.objects.lost_on(node_id)
+        if not lost:
+            return
+        for oid, _size, _spec in lost:
+            self.objects.set_rebuilding(oid)
+        self.links.spawn(self._recover(node_id, cause, lost), "recover-lost-objects")
+
+    async def _recover(self, node_id: bytes, cause: str, lost: list[tuple[bytes, int, TaskSpec | None]]) -> None:
+        copies: dict[bytes, list[bytes]] = {}
+        try:
+            copies = await asyncio.wait_for(
+                self.links.request_head(m.LocateObjects(rid=0, object_ids=[oid for oid, _, _ in lost])), LOCATE_TIMEOUT_S,
+            )
+        except (ConnectionLost, RemoteCallError, ProtocolError, TimeoutError) as exc:
+            log.info("no other copies of %d lost objects could be looked up (%s): rebuilding them", len(lost), exc)
         rebuild: dict[bytes, TaskSpec] = {}
         where = f"node {node_id.hex()[:8]}, which died ({cause})"
-        for oid, spec in self.objects.lost_on(node_id):
-            if spec is None:
+        for oid, size, spec in lost:
+            others = [nid for nid in copies.get(oid, []) if nid != node_id]
+            if others:
+                self.objects.set_found(oid, size, others[0], spec)
+            elif spec is None:
                 self.objects.set_lost(oid, ObjectLostError(
                     f"object {oid.hex()} was stored on {where}; it was made by put() or an actor method,"
                     " which cannot be run again (only task results are rebuilt from lineage)"

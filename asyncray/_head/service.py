@@ -252,6 +252,10 @@ class HeadService(Service):
                 holders[msg.node_id] = msg.size
             else:
                 holders.pop(msg.node_id, None)
+        elif isinstance(msg, m.LocateObjects):
+            alive = {nid for nid, n in self.nodes.items() if n["alive"]}
+            found = {oid: [nid for nid in self.objects.get(oid, {}) if nid in alive] for oid in msg.object_ids}
+            conn.reply(msg.rid, {oid: nodes for oid, nodes in found.items() if nodes})
         elif isinstance(msg, m.ObjectsFreed):
             self._objects_freed(msg.object_ids)
         elif isinstance(msg, m.OwnerPrefix):  # the first thing a driver or worker says

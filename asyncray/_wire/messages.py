@@ -732,6 +732,15 @@ class ObjectsFreed(Message):
     object_ids: list[bytes]
 
 
+@message("locate_objects")
+@dataclass(slots=True)
+class LocateObjects(Message):
+    """Which live nodes hold a copy of these objects (an owner replacing a copy that was lost)."""
+
+    rid: int
+    object_ids: list[bytes]
+
+
 @message("owner_prefix")
 @dataclass(slots=True)
 class OwnerPrefix(Message):
@@ -909,6 +918,7 @@ ListActors.REPLY = _actor_list
 CreateActor.REPLY = ActorBuilt.from_wire
 GetObject.REPLY = _checked(list[Any])  # a value descriptor (serialization.py)
 FetchObject.REPLY = _checked(bool)
+LocateObjects.REPLY = _checked(dict[bytes, list[bytes]])
 ReserveSpace.REPLY = _checked(dict[str, Any])
 # GetState, GetLogs, SubmitJob and StopJob answer with JSON-like state for people (dashboard,
 # CLI): any msgpack value.
