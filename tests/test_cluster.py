@@ -1056,6 +1056,44 @@ def test_lost_task_results_are_rebuilt_from_lineage() -> None:
         assert lost.get("error") == "ObjectLostError" and "max_retries=0" in lost["message"], lost
 
 
+DRIVER_HOLDS_THE_CPU = PRELUDE + """
+asyncray.init(address="auto")
+marker = sys.argv[1]
+
+@asyncray.remote(num_cpus=1)
+def hold():
+    open(marker, "w").close()
+    time.sleep(1000)
+
+ref = hold.remote()
+while not os.path.exists(marker):
+    time.sleep(0.02)
+print("READY", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_frozen_driver_does_not_hold_its_leases_forever() -> None:
+    """A driver that is SIGSTOPped never closes its sockets: the node's own keepalive drops it
+    after the peer timeout, and the CPU its task held goes to others."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1", env={"ASYNCRAY_PEER_TIMEOUT_S": "3"})
+        marker = os.path.join(c.tmpdir, "holding")
+        drv, _ = interactive_driver(c, DRIVER_HOLDS_THE_CPU, marker)
+        try:
+            c.track()
+            drv.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            res = c.driver("""
+                asyncray.init(address="auto")
+                result(value=asyncray.get(asyncray.remote(lambda: 42).remote(), timeout=40))
+            """)
+            assert res["value"] == 42 and time.monotonic() - t0 < 25, res
+        finally:
+            drv.kill()
+            drv.communicate(timeout=30)
+
+
 DRIVER_OTHER_COPY = PRELUDE + """
 asyncray.init(address="auto")
 

@@ -40,6 +40,8 @@ def head_timeout_s() -> float:
 # owners it borrows from). Generous: a busy worker answers from its loop thread, but C code
 # that holds the GIL for long could delay it.
 PEER_KEEPALIVE_S = 1.0
+# On connections a process accepted (from drivers, workers, nodes): a slower ping, same silence limit.
+ACCEPTED_KEEPALIVE_S = 5.0
 DEFAULT_PEER_TIMEOUT_S = 30.0
 
 
@@ -151,6 +153,10 @@ class Connection(asyncio.Protocol):
                     return
                 self._expect_hello = False
                 self.peer = hello
+                if not self._keepalive_s and hello.role != "cli":
+                    # The side that accepted checks its peer too: a frozen driver or worker must
+                    # not hold leases and objects forever because it never closes its socket.
+                    self.keep_alive(ACCEPTED_KEEPALIVE_S, peer_timeout_s())
                 data = b""
             msgs = self._decoder.feed(data)
         except ProtocolError as exc:
