@@ -12,7 +12,7 @@ from conftest import is_running, wait_for
 
 import asyncray
 from asyncray.exceptions import ActorDiedError
-from asyncray.util import ActorPool, Empty, Queue
+from asyncray.util import ActorPool
 
 
 @asyncray.remote
@@ -343,29 +343,3 @@ async def test_actor_pool_from_async_code(ray):
     pool = ActorPool([Counter.remote(), Counter.remote()])
     got = [v async for v in pool.amap(lambda a, v: a.increment.remote(v), [5, 6, 7])]
     assert got[:2] == [5, 6]
-
-
-def test_queue_across_tasks(ray):
-    q = Queue(maxsize=3)
-
-    @asyncray.remote
-    def producer(q, n):
-        for i in range(n):
-            q.put(i)
-        return n
-
-    assert ray.get(producer.remote(q, 3)) == 3
-    assert q.full() and q.size() == 3
-    assert [q.get() for _ in range(3)] == [0, 1, 2]
-    with pytest.raises(Empty):
-        q.get(timeout=0.2)
-    with pytest.raises(Empty):
-        q.get_nowait()
-
-
-async def test_queue_from_async_code(ray):
-    q = Queue()
-    await q.put_async("a")
-    assert await q.get_async(timeout=5) == "a"
-    with pytest.raises(Empty):
-        await q.get_async(timeout=0.1)
