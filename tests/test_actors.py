@@ -12,7 +12,6 @@ from conftest import is_running, wait_for
 
 import asyncray
 from asyncray.exceptions import ActorDiedError
-from asyncray.util import ActorPool
 
 
 @asyncray.remote
@@ -326,20 +325,3 @@ def test_detached_actor_survives_its_creator_task(ray):
     keeper = ray.get_actor("keeper")
     assert ray.get(keeper.increment.remote()) == 2
     ray.kill(keeper)
-
-
-def test_actor_pool(ray):
-    pool = ActorPool([Counter.remote(), Counter.remote()])
-    assert list(pool.map(lambda a, v: a.increment.remote(v), [1, 2, 3, 4])) == [1, 2, 4, 6]
-    out = sorted(pool.map_unordered(lambda a, v: a.get.remote(), range(4)))
-    assert len(out) == 4
-    pool.submit(lambda a, v: a.increment.remote(v), 10)
-    assert pool.has_next()
-    assert pool.get_next() > 10
-    assert not pool.has_next()
-
-
-async def test_actor_pool_from_async_code(ray):
-    pool = ActorPool([Counter.remote(), Counter.remote()])
-    got = [v async for v in pool.amap(lambda a, v: a.increment.remote(v), [5, 6, 7])]
-    assert got[:2] == [5, 6]
