@@ -60,6 +60,9 @@ def pair(a, v):
 def pool(ray):
     """Two fresh actors in a pool; killed after the test."""
     actors = [Worker.remote(), Worker.remote()]
+    # Started before the test: tests that race a slow call against a fast one on the
+    # other actor must not count a worker's start-up on a loaded machine.
+    asyncray.get([a.double.remote(0) for a in actors])
     yield ActorPool(actors)
     for a in actors:
         asyncray.kill(a)
