@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from asyncray import exceptions
 from asyncray._client import api as _api
+from asyncray._client import options as _options
 from asyncray._client import runtime as _runtime
 from asyncray._client.ref import ObjectRef
 from asyncray._client.remote_function import RemoteFunction, require_core
@@ -147,29 +148,47 @@ def remote(*args: Any, **options: Any) -> Any:
     ``f.remote(x)`` is checked against ``f``'s parameters and returns ``ObjectRef[str]``
     (``async def`` too: the ref holds what the coroutine returns).
     """
-    if len(args) == 1 and not options and callable(args[0]):
+    if len(args) == 1 and not options:
         return _make_remote(args[0], {})
     if args:
-        raise TypeError("remote() takes a function or class, or only keyword options: @remote(num_cpus=2)")
-
+        raise TypeError(
+            "@asyncray.remote takes either a function or class alone (@asyncray.remote) or only keyword"
+            f" options (@asyncray.remote(num_cpus=2)), got {len(args)} positional argument(s)"
+            + (f" and options {sorted(options)}" if options else "")
+        )
+    # Names are checked now, for an early error; values once we know a function from a class.
+    _options.check_names(options, _options.TASK_OPTIONS | _options.ACTOR_OPTIONS, "@asyncray.remote")
     return _RemoteDecorator(options)
 
 
 def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
-    if isinstance(obj, type):
-        from asyncray._actor.handle import ActorClass
+    from asyncray._actor.handle import ActorClass
 
+    if isinstance(obj, RemoteFunction | ActorClass):
+        raise TypeError(f"{getattr(obj, '__name__', 'it')} is already remote; apply @asyncray.remote once (use .options() to change options)")
+    if isinstance(obj, type):
         return ActorClass(obj, options)
     if not callable(obj):
-        raise TypeError(f"remote() takes a function or a class, got {type(obj).__name__}")
+        raise TypeError(f"@asyncray.remote must be applied to a function or a class, got {type(obj).__name__}")
     return RemoteFunction(obj, options)
 
 
-def method(**options: Any) -> Any:
-    """Decorate an actor method with default options, e.g. ``@method(num_returns=2)``."""
+def method(*args: Any, **options: Any) -> Any:
+    """Decorate an actor method with default options, e.g. ``@method(num_returns=2)``.
+
+    Options: ``num_returns``, ``max_task_retries``, ``retry_exceptions``, ``concurrency_group``;
+    unknown names raise ``ValueError`` and wrong types ``TypeError``, at decoration time.
+    """
+    if len(args) == 1 and not options and callable(args[0]):  # bare @method: nothing to set
+        return args[0]
+    if args:
+        raise TypeError("@asyncray.method takes only keyword options, e.g. @asyncray.method(num_returns=2)")
+    checked = _options.validate(options, _options.METHOD_DECORATOR_OPTIONS, "@asyncray.method")
 
     def decorate(fn: Any) -> Any:
-        fn.__asyncray_method_options__ = options
+        if not callable(fn):
+            raise TypeError(f"@asyncray.method must be applied to a method, got {type(fn).__name__}")
+        fn.__asyncray_method_options__ = checked
         return fn
 
     return decorate

@@ -9,7 +9,14 @@ from asyncray import _ids
 from asyncray._client import context
 from asyncray._client.options import ACTOR_OPTIONS, METHOD_OPTIONS, resources_of, validate
 from asyncray._client.remote_function import require_core
-from asyncray._client.task_spec import FunctionDescriptor, encode_args
+from asyncray._client.task_spec import (
+    CallCheck,
+    FunctionDescriptor,
+    call_check,
+    constructor_check,
+    encode_args,
+    signature_tokens,
+)
 
 if TYPE_CHECKING:
     from asyncray._actor.client import ActorClient
@@ -17,20 +24,45 @@ if TYPE_CHECKING:
 C = TypeVar("C")
 
 DEFAULT_ASYNC_CONCURRENCY = 1000
+FOREVER = 10**9  # max_task_retries=-1
+
+
+def _method_signature(cls: type, name: str, member: Any) -> list[Any] | None:
+    """``[qualname, has_receiver, tokens]`` for checking calls at the caller; None: not checked.
+
+    Plain lists and strings: the metadata travels to the head and to every handle.
+    """
+    raw = inspect.getattr_static(cls, name, None)
+    if isinstance(raw, staticmethod):
+        fn, receiver = raw.__func__, False
+    elif isinstance(raw, classmethod):
+        fn, receiver = raw.__func__, True
+    else:
+        fn, receiver = member, True
+    if not inspect.isfunction(fn):
+        return None  # a callable attribute that is not a method (a nested class, ...): not checked
+    tokens = signature_tokens(fn)
+    return None if tokens is None else [fn.__qualname__, receiver, tokens]
 
 
 def class_meta(cls: type) -> dict[str, Any]:
-    """What a handle needs to know about the class: its name and methods."""
+    """What a handle needs to know about the class: its name, and each method's options and parameters."""
     methods: dict[str, dict[str, Any]] = {}
     for name, member in inspect.getmembers(cls):
         if not callable(member) or (name.startswith("__") and name.endswith("__")):
             continue
         fn = inspect.unwrap(member) if not isinstance(member, staticmethod | classmethod) else member.__func__
         opts = getattr(fn, "__asyncray_method_options__", {})
-        methods[name] = {
+        info: dict[str, Any] = {
             "num_returns": opts.get("num_returns", 1),
             "is_async": inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
+            "sig": _method_signature(cls, name, member),
         }
+        # Only when set, to keep the metadata small (it rides along with every handle).
+        for key in ("max_task_retries", "concurrency_group"):
+            if opts.get(key) is not None:
+                info[key] = opts[key]
+        methods[name] = info
     return {
         "class_name": cls.__name__,
         "methods": methods,
@@ -45,6 +77,7 @@ class ActorClass(Generic[C]):
         self._cls = cls
         self._options = validate(options, ACTOR_OPTIONS, f"actor class {cls.__name__}")
         self._meta = class_meta(cls)
+        self._check: CallCheck | None = None  # the constructor's, built at the first .remote()
         self._blob: FunctionDescriptor | None = None
         self._blob_core: Any = None
         self.__name__ = cls.__name__
@@ -55,7 +88,7 @@ class ActorClass(Generic[C]):
     def __getstate__(self) -> dict[str, Any]:
         # Travels inside functions that create actors; the per-process cache stays home.
         state = dict(self.__dict__)
-        state["_blob"] = state["_blob_core"] = None
+        state["_blob"] = state["_blob_core"] = state["_check"] = None
         return state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -75,17 +108,19 @@ class ActorClass(Generic[C]):
         return _ActorClassOptions(self, merged)
 
     def _create(self, args: Any, kwargs: dict[str, Any], opts: dict[str, Any]) -> ActorHandle[C]:
+        check = self._check
+        if check is None:
+            check = self._check = constructor_check(self._cls)
+        check(args, kwargs)  # bad constructor arguments fail here, not in the actor's worker
         core = require_core(f"{self._cls.__name__}.remote()")
         if self._blob is None or self._blob_core is not core:
-            self._blob = FunctionDescriptor.of(self._cls, self._cls.__name__)
+            self._blob = FunctionDescriptor.of(self._cls, f"actor class {self._cls.__name__}")
             self._blob_core = core
-        name = opts.get("name") or ""
-        if name and not isinstance(name, str):
-            raise ValueError(f"actor name must be a string, got {type(name).__name__}")
+        name = opts.get("name") or ""  # a str: validate() checked it
         namespace = opts.get("namespace") or getattr(core, "namespace", "default")
         arg_descs, kw_descs, deps, contained = encode_args(core.objects, f"{self._cls.__name__}.__init__", args, kwargs)
         meta = dict(self._meta)
-        meta["max_task_retries"] = opts.get("max_task_retries") or 0
+        meta["max_task_retries"] = _retries(opts.get("max_task_retries"))
         default_conc = DEFAULT_ASYNC_CONCURRENCY if meta["is_async"] else 1
         spec = {
             "class_blob": self._blob.blob,
@@ -102,6 +137,11 @@ class ActorClass(Generic[C]):
         return core.actors.create(
             _ids.new_id(), name, str(namespace), bool(opts.get("get_if_exists")), meta, spec, deps, contained
         )
+
+
+def _retries(n: int | None) -> int:
+    """A retry count as the submitter counts it (-1: forever)."""
+    return 0 if n is None else FOREVER if n == -1 else n
 
 
 def _affinity(strategy: Any) -> dict[str, Any] | None:
@@ -137,6 +177,7 @@ class ActorHandle(Generic[C]):
         self._meta = meta
         self._actors = actors
         self._owned = owned
+        self._checks: dict[str, CallCheck] = {}  # per method, built at its first call
         if actors is not None and owned:
             actors.handle_created(actor_id)
 
@@ -149,7 +190,20 @@ class ActorHandle(Generic[C]):
                 f"actor class {self._meta['class_name']} has no method {name!r}; "
                 f"it has: {', '.join(sorted(self._meta['methods'])) or 'none'}"
             )
-        return ActorMethod(self, name, {"num_returns": info["num_returns"]})
+        opts = {"num_returns": info["num_returns"]}
+        if "max_task_retries" in info:
+            opts["max_task_retries"] = _retries(info["max_task_retries"])
+        return ActorMethod(self, name, opts)
+
+    def _call_check(self, name: str) -> CallCheck:
+        check = self._checks.get(name)
+        if check is None:
+            sig = self._meta["methods"][name].get("sig")
+            ok = isinstance(sig, list | tuple) and len(sig) == 3 and isinstance(sig[0], str) and isinstance(sig[2], list | tuple)
+            # Tokens are checked again before anything is built from them (they may come from the head).
+            tokens = [t for t in sig[2] if isinstance(t, str)] if ok else None
+            check = self._checks[name] = call_check(sig[0], tokens, bool(sig[1])) if ok else _unchecked
+        return check
 
     def __repr__(self) -> str:
         return f"Actor({self._meta['class_name']}, {self._actor_id.hex()})"
@@ -189,13 +243,15 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Queue the call; returns an ObjectRef (a tuple when ``num_returns > 1``)."""
         h = self._handle
+        h._call_check(self._name)(args, kwargs)  # as a local call would fail, before anything is queued
         core = require_core(f"{h._meta['class_name']}.{self._name}.remote()")
         num_returns = self._options.get("num_returns", 1)
         label = f"{h._meta['class_name']}.{self._name}"
+        retries = self._options.get("max_task_retries")
         spec = core.tasks.make_spec(
             FunctionDescriptor(name=label, blob=b"", fn_id=b""), args, kwargs,
             num_returns=num_returns, resources={},
-            max_retries=self._options.get("max_task_retries", h._meta.get("max_task_retries", 0)),
+            max_retries=h._meta.get("max_task_retries", 0) if retries is None else retries,
             retry_exceptions=False,
         )
         spec.method = self._name
@@ -207,13 +263,20 @@ class ActorMethod:
         return tuple(refs)
 
     def options(self, **options: Any) -> ActorMethod:
-        """Per-call options: ``num_returns``, ``name``, ``max_task_retries``."""
+        """Per-call options: ``num_returns``, ``name``, ``max_task_retries`` (and ``concurrency_group``,
+        ``retry_exceptions``, checked and kept)."""
         opts = dict(self._options)
         opts.update(validate(options, METHOD_OPTIONS, f"actor method {self._name}"))
+        if opts.get("max_task_retries") is not None:
+            opts["max_task_retries"] = _retries(opts["max_task_retries"])
         return ActorMethod(self._handle, self._name, opts)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actor methods cannot be called directly; use .{self._name}.remote(...)")
+
+
+def _unchecked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    pass
 
 
 def _rebuild_handle(actor_id: bytes, meta: dict[str, Any]) -> ActorHandle[Any]:

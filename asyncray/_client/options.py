@@ -1,23 +1,37 @@
-"""Validation of ``@remote(...)`` / ``.options(...)`` keywords, at the call site (SPEC 4)."""
+"""Validation of ``@remote(...)`` / ``.options(...)`` / ``@method(...)`` keywords, at the call site (SPEC 4).
+
+As in Ray: an unknown name or a bad value raises ``ValueError``; a value of the wrong type
+raises ``TypeError``. Messages name the option, what it was given to, and what it accepts.
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 TASK_OPTIONS = {
-    "num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "retry_exceptions",
+    "num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "retry_exceptions", "max_calls",
     "name", "scheduling_strategy", "memory", "runtime_env", "num_return_vals",
 }
 ACTOR_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "max_concurrency",
     "name", "namespace", "lifetime", "get_if_exists", "scheduling_strategy", "memory", "runtime_env",
 }
-METHOD_OPTIONS = {"num_returns", "name", "max_task_retries", "num_return_vals"}
+# ``@method(...)`` on an actor method, and ``handle.method.options(...)`` per call (which also takes ``name``).
+METHOD_DECORATOR_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "num_return_vals"}
+METHOD_OPTIONS = METHOD_DECORATOR_OPTIONS | {"name"}
 
+# Where an option misplaced on the wrong kind of thing belongs, for a message that says so.
+_BELONGS = {
+    **{k: "remote functions" for k in TASK_OPTIONS - ACTOR_OPTIONS},
+    **{k: "actor classes" for k in ACTOR_OPTIONS - TASK_OPTIONS},
+    "concurrency_group": "actor methods (@asyncray.method)",
+}
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,62 +46,167 @@ def user_stacklevel() -> int:
     return level
 
 
+def _describe(v: Any) -> str:
+    return f"{type(v).__name__} {v!r}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _quantity(name: str, v: Any, what: str) -> None:
+    if not _is_number(v):
+        raise TypeError(f"{name} must be a number (int or float) for {what}, got {_describe(v)}")
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a number >= 0 for {what}, got {v!r}")
+
+
+def _int_at_least(low: int, meaning: str = "") -> Callable[[str, Any, str], None]:
+    def check(name: str, v: Any, what: str) -> None:
+        if not _is_int(v):
+            raise TypeError(f"{name} must be an int for {what}, got {_describe(v)}")
+        if v < low:
+            raise ValueError(f"{name} must be an int >= {low}{meaning} for {what}, got {v!r}")
+
+    return check
+
+
+def _of_type(kind: type | tuple[type, ...], label: str) -> Callable[[str, Any, str], None]:
+    def check(name: str, v: Any, what: str) -> None:
+        if not isinstance(v, kind):
+            raise TypeError(f"{name} must be {label} for {what}, got {_describe(v)}")
+
+    return check
+
+
+def _resources(name: str, v: Any, what: str) -> None:
+    if not isinstance(v, dict):
+        raise TypeError(f"resources must be a dict of name -> amount for {what}, got {type(v).__name__}")
+    for k, amount in v.items():
+        if not isinstance(k, str):
+            raise TypeError(f"resource names must be strings for {what}, got {_describe(k)}")
+        if k in ("CPU", "GPU"):
+            raise ValueError(f"use num_cpus/num_gpus, not resources={{{k!r}: ...}}, for {what}")
+        if not _is_number(amount):
+            raise TypeError(f"resource {k!r} must be a number for {what}, got {_describe(amount)}")
+        if not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"resource {k!r} must be a number >= 0 for {what}, got {amount!r}")
+
+
+def _num_returns(name: str, v: Any, what: str) -> None:
+    if isinstance(v, str):
+        # A str is Ray's spelling for generator returns: a value this runtime lacks, so ValueError as in Ray.
+        raise ValueError(f"num_returns={v!r} (generator returns) is not supported for {what}; use an int >= 0")  # noqa: TRY004
+    _int_at_least(0)(name, v, what)
+
+
+def _retry_exceptions(name: str, v: Any, what: str) -> None:
+    if isinstance(v, bool):
+        return
+    if not isinstance(v, list | tuple):
+        raise TypeError(f"retry_exceptions must be a bool or a list of exception classes for {what}, got {_describe(v)}")
+    for e in v:
+        if not (isinstance(e, type) and issubclass(e, BaseException)):
+            raise TypeError(f"retry_exceptions must list exception classes for {what}, got {e!r} in it")
+
+
+def _strategy(name: str, v: Any, what: str) -> None:
+    from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if isinstance(v, str):
+        if v not in ("DEFAULT", "SPREAD"):
+            raise ValueError(f"scheduling_strategy must be 'DEFAULT' or 'SPREAD' when a string, for {what}, got {v!r}")
+    elif not isinstance(v, NodeAffinitySchedulingStrategy):
+        raise TypeError(
+            f"scheduling_strategy must be 'DEFAULT', 'SPREAD' or a NodeAffinitySchedulingStrategy for {what}, "
+            f"got {_describe(v)}"
+        )
+
+
+def _lifetime(name: str, v: Any, what: str) -> None:
+    if not isinstance(v, str):
+        raise TypeError(f"lifetime must be 'detached' or 'non_detached' for {what}, got {_describe(v)}")
+    if v not in ("detached", "non_detached"):
+        raise ValueError(f"lifetime must be 'detached' or 'non_detached' for {what}, got {v!r}")
+
+
+def _non_empty_str(name: str, v: Any, what: str) -> None:
+    if not isinstance(v, str):
+        raise TypeError(f"{name} must be a str for {what}, got {_describe(v)}")
+    if not v:
+        raise ValueError(f"{name} must not be empty for {what}")
+
+
+# name -> check(name, value, what); None always passes (it means "the default").
+_CHECKS: dict[str, Callable[[str, Any, str], None]] = {
+    "num_cpus": _quantity,
+    "num_gpus": _quantity,
+    "memory": _quantity,
+    "resources": _resources,
+    "num_returns": _num_returns,
+    "num_return_vals": _num_returns,
+    "max_retries": _int_at_least(-1, " (-1: forever)"),
+    "max_restarts": _int_at_least(-1, " (-1: forever)"),
+    "max_task_retries": _int_at_least(-1, " (-1: forever)"),
+    "max_calls": _int_at_least(0, " (0: no limit)"),
+    "max_concurrency": _int_at_least(1),
+    "retry_exceptions": _retry_exceptions,
+    "scheduling_strategy": _strategy,
+    "lifetime": _lifetime,
+    "name": _of_type(str, "a str"),
+    "namespace": _non_empty_str,
+    "concurrency_group": _non_empty_str,
+    "get_if_exists": _of_type(bool, "a bool"),
+    "runtime_env": _of_type(dict, "a dict"),
+}
+
+
+def _unknown(name: Any, allowed: set[str], what: str) -> ValueError:
+    hint = ""
+    close = difflib.get_close_matches(str(name), sorted(allowed), n=1)
+    if name in _BELONGS:
+        hint = f" ({name} applies to {_BELONGS[name]} only)"
+    elif close:
+        hint = f" (did you mean {close[0]!r}?)"
+    return ValueError(
+        f"unknown option {name!r} for {what}{hint}; valid options are: {', '.join(sorted(allowed - {'num_return_vals'}))}"
+    )
+
+
+def check_names(names: Any, allowed: set[str], what: str) -> None:
+    """Only the names (``@remote(...)`` before it knows whether a function or a class follows).
+
+    Raises:
+        ValueError: an unknown option name.
+    """
+    for name in names:
+        if name not in allowed:
+            raise _unknown(name, allowed, what)
+
+
 def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
-    """Check names and values; return a normalized copy.
+    """Check names, types and values; return a normalized copy.
 
     Raises:
         ValueError: unknown option name or a bad value (negative resources, ...).
+        TypeError: a value of the wrong type (``num_cpus="x"``).
     """
     out = dict(options)
-    for name in out:
-        if name not in allowed:
-            raise ValueError(
-                f"unknown option {name!r} for {what}; valid options are: {', '.join(sorted(allowed))}"
-            )
+    check_names(out, allowed, what)
+    for name, value in out.items():
+        if value is not None:
+            check = _CHECKS.get(name)
+            if check is not None:
+                check(name, value, what)
     if "num_return_vals" in out:
         warnings.warn(
             "num_return_vals is the Ray 0.x spelling; use num_returns", DeprecationWarning, stacklevel=user_stacklevel()
         )
         out["num_returns"] = out.pop("num_return_vals")
-    for name in ("num_cpus", "num_gpus", "memory"):
-        v = out.get(name)
-        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0):
-            raise ValueError(f"{name} must be a number >= 0 for {what}, got {v!r}")
-    res = out.get("resources")
-    if res is not None:
-        if not isinstance(res, dict):
-            raise ValueError(f"resources must be a dict of name -> amount for {what}, got {type(res).__name__}")
-        for k, v in res.items():
-            if k in ("CPU", "GPU"):
-                raise ValueError(f"use num_cpus/num_gpus, not resources={{{k!r}: ...}}, for {what}")
-            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"resource {k!r} must be a number >= 0 for {what}, got {v!r}")
-    nr = out.get("num_returns")
-    if nr is not None and (not isinstance(nr, int) or isinstance(nr, bool) or nr < 0):
-        raise ValueError(f"num_returns must be an int >= 0 for {what}, got {nr!r}")
-    for name in ("max_retries", "max_restarts", "max_task_retries"):
-        v = out.get(name)
-        if v is not None and (not isinstance(v, int) or v < -1):
-            raise ValueError(f"{name} must be an int >= -1 (-1: forever) for {what}, got {v!r}")
-    mc = out.get("max_concurrency")
-    if mc is not None and (not isinstance(mc, int) or mc < 1):
-        raise ValueError(f"max_concurrency must be an int >= 1 for {what}, got {mc!r}")
-    strategy = out.get("scheduling_strategy")
-    if strategy is not None and strategy not in ("DEFAULT", "SPREAD"):
-        from asyncray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        if not isinstance(strategy, NodeAffinitySchedulingStrategy):
-            raise ValueError(
-                f"scheduling_strategy must be 'DEFAULT', 'SPREAD' or a NodeAffinitySchedulingStrategy for {what}, "
-                f"got {strategy!r}"
-            )
-    lt = out.get("lifetime")
-    if lt not in (None, "detached", "non_detached"):
-        raise ValueError(f"lifetime must be 'detached' or None for {what}, got {lt!r}")
-    re_ = out.get("retry_exceptions")
-    exc_list = isinstance(re_, list | tuple) and all(isinstance(e, type) and issubclass(e, BaseException) for e in re_)
-    if re_ is not None and not isinstance(re_, bool) and not exc_list:
-        raise ValueError(f"retry_exceptions must be a bool or a list of exception classes for {what}")
     return out
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from asyncray._client import context
 from asyncray._client.options import TASK_OPTIONS, resources_of, validate
 from asyncray._client.ref import ObjectRef
-from asyncray._client.task_spec import FunctionDescriptor
+from asyncray._client.task_spec import CallCheck, FunctionDescriptor, check_for
 
 if TYPE_CHECKING:
     from asyncray._client.core import Core
@@ -50,13 +50,14 @@ class RemoteFunction(Generic[P, R]):
         self._options = validate(options, TASK_OPTIONS, f"remote function {self._name}")
         self._descriptor: FunctionDescriptor | None = None
         self._descriptor_core: Any = None
+        self._check: CallCheck | None = None  # built at the first .remote(): decoration stays cheap
         functools.update_wrapper(self, fn)
         self._is_async = inspect.iscoroutinefunction(fn)
 
     def __getstate__(self) -> dict[str, Any]:
         # Travels inside other functions (nested tasks); the per-process cache stays home.
         state = dict(self.__dict__)
-        state["_descriptor"] = state["_descriptor_core"] = None
+        state["_descriptor"] = state["_descriptor_core"] = state["_check"] = None
         return state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -84,6 +85,10 @@ class RemoteFunction(Generic[P, R]):
         return self._descriptor
 
     def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: dict[str, Any]) -> Any:
+        check = self._check
+        if check is None:
+            check = self._check = check_for(self._fn)
+        check(args, kwargs)  # a call that cannot bind fails here, as it would locally, not on a worker
         core = require_core(f"{self._name}.remote()")
         num_returns = opts.get("num_returns", 1)
         max_retries = opts.get("max_retries")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import inspect
+import keyword
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +23,114 @@ if TYPE_CHECKING:
 
 # A function or class travels in a control frame: it must leave room in one for the rest.
 MAX_FUNCTION_BYTES = MAX_FRAME_BYTES - 1024 * 1024
+
+
+# ---------------------------------------------------------------- argument binding at .remote()
+# A call that would not bind to the function's parameters fails at ``.remote()`` with the very
+# TypeError a local call gives. The check calls a do-nothing stub with the same parameter list:
+# CPython's own binding is exact (its messages are what users know) and ~10x cheaper than
+# ``inspect.Signature.bind``, which matters on the submit path.
+
+CallCheck = Callable[[tuple[Any, ...], dict[str, Any]], None]
+# One parameter as a token: "x", "x=" (has a default), "*args", "**kw", or the markers "/" and "*".
+_TOKEN = re.compile(r"(\*{0,2})(\w+)(=?)\Z")
+_P = inspect.Parameter
+
+
+def signature_tokens(fn: Any) -> list[str] | None:
+    """``fn``'s parameter list as tokens (msgpack-friendly, to travel in actor metadata); None
+    when it has no signature to read (some builtins)."""
+    try:
+        # Not follow_wrapped: a decorator's wrapper is what a local call binds to first.
+        sig = inspect.signature(fn, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    tokens: list[str] = []
+    starred = False
+    for i, p in enumerate(params):
+        if p.kind is _P.KEYWORD_ONLY and not starred:
+            tokens.append("*")
+        starred = starred or p.kind in (_P.KEYWORD_ONLY, _P.VAR_POSITIONAL)
+        prefix = "*" if p.kind is _P.VAR_POSITIONAL else "**" if p.kind is _P.VAR_KEYWORD else ""
+        tokens.append(prefix + p.name + ("=" if p.default is not _P.empty else ""))
+        if p.kind is _P.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1].kind is not _P.POSITIONAL_ONLY):
+            tokens.append("/")
+    return tokens
+
+
+@functools.lru_cache(maxsize=4096)
+def _stub(qualname: str, tokens: tuple[str, ...]) -> Callable[..., None] | None:
+    """A function with this parameter list and an empty body, named for error messages.
+
+    Tokens may come off the wire (actor metadata from the head): each must be a plain
+    identifier with its markers, so nothing but a parameter list is ever compiled.
+    """
+    parts: list[str] = []
+    names: list[str] = []
+    for t in tokens:
+        if t in ("/", "*"):
+            parts.append(t)
+            continue
+        m = _TOKEN.match(t)
+        if m is None or not m[2].isidentifier() or keyword.iskeyword(m[2]):
+            return None
+        names.append(m[2])
+        parts.append(f"{m[1]}{m[2]}{'=None' if m[3] else ''}")
+    namespace: dict[str, Any] = {}
+    try:
+        exec(f"def stub({', '.join(parts)}):\n    pass\n", {"__builtins__": {}}, namespace)  # noqa: S102  # validated identifiers only
+    except SyntaxError:
+        return None
+    stub: Callable[..., None] = namespace["stub"]
+    if list(inspect.signature(stub).parameters) != names:  # the compiler normalized a name (NFKC)
+        return None
+    stub.__name__ = qualname.rpartition(".")[2]
+    stub.__qualname__ = qualname  # CPython's binding errors name the function by its __qualname__
+    return stub
+
+
+def _no_check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    pass
+
+
+def call_check(qualname: str, tokens: list[str] | None, receiver: bool = False) -> CallCheck:
+    """A check that raises the TypeError a local call would, for arguments that do not bind.
+
+    ``receiver``: the tokens start with ``self`` (or ``cls``), which the caller never passes.
+    """
+    stub = _stub(qualname, tuple(tokens)) if tokens is not None else None
+    if stub is None:
+        return _no_check
+    bind = functools.partial(stub, None) if receiver else stub
+
+    def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(str(exc)) from None  # raised afresh: the stub's frame means nothing to users
+
+    return check
+
+
+def check_for(fn: Any, receiver: bool = False) -> CallCheck:
+    """``call_check`` for a local function (or method, with ``receiver``)."""
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return call_check(str(qualname), signature_tokens(fn), receiver)
+
+
+def constructor_check(cls: type) -> CallCheck:
+    """The check for ``cls(*args, **kwargs)``: what ``__init__`` (or ``__new__``) takes."""
+    klass: Any = cls  # mypy will not compare or read __init__ through a type
+    if klass.__init__ is object.__init__:
+        if klass.__new__ is object.__new__:
+            def takes_nothing(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                if args or kwargs:
+                    raise TypeError(f"{cls.__name__}() takes no arguments")
+
+            return takes_nothing
+        return check_for(klass.__new__, receiver=True)
+    return check_for(klass.__init__, receiver=True)
 
 
 class TaskState(enum.Enum):
