@@ -19,7 +19,8 @@ from asyncray._client import context
 from asyncray._store import serialization as ser
 from asyncray._wire import messages as m
 from asyncray._wire.connection import Connection
-from asyncray.exceptions import SystemFailure, TaskCancelledError, TaskError
+from asyncray.actor import ActorExit
+from asyncray.exceptions import ActorDiedError, SystemFailure, TaskCancelledError, TaskError
 
 
 def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
@@ -49,7 +50,9 @@ def send_done(
 
 
 def failure_descriptor(exc: BaseException, name: str) -> list[Any]:
-    """The descriptor for an exception raised by user code (or a cancellation)."""
+    """The descriptor for an exception raised by user code (or a cancellation, or exit_actor())."""
+    if isinstance(exc, ActorExit):  # the caller sees the actor's death, not a user error (as in Ray)
+        return ser.error_descriptor(ActorDiedError(str(exc)))
     if isinstance(exc, TaskCancelledError | asyncio.CancelledError):
         return ser.error_descriptor(TaskCancelledError(f"task {name} was cancelled"))
     return ser.error_descriptor(TaskError.wrap(exc, name, user_traceback(exc)))

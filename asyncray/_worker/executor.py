@@ -160,9 +160,12 @@ class TaskExecutor:
             if item is None:
                 return
             conn, msg, fn, actor_id, job_id, after = item
+            host = self.actor_host
             if msg.task_id in self._cancelled_queued:
                 self._cancelled_queued.discard(msg.task_id)
                 outcome: Outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, [])
+            elif actor_id is not None and host is not None and host.exiting:  # queued behind exit_actor()
+                outcome = host.dead_outcome(msg)
             else:
                 self._running[msg.task_id] = ident
                 self._current_sync = msg.task_id

@@ -78,6 +78,12 @@ class Mailbox:
             q.remove(envelope)
         return self._release(envelope.caller)
 
+    def drain(self) -> list[Envelope]:
+        """The actor exits: every call received and not delivered, taken out (they will not run)."""
+        out = [envelope for q in self._queues.values() for envelope in q]
+        self._queues.clear()
+        return out
+
     def finished(self) -> None:
         """A delivered call finished (its reply went out)."""
         self._running -= 1
