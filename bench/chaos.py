@@ -81,14 +81,25 @@ class Chaos(threading.Thread):
             "kill_worker": 0, "kill_node": 0, "freeze_node": 0, "kill_head": 0, "nodes_started": 0,
         }
         self.halt = threading.Event()
+        self.timeline: list[tuple[float, str]] = []  # (monotonic time, fault) for the slow-operation report
+
+    def log(self, what: str) -> None:
+        self.timeline.append((time.monotonic(), what))
 
     def nodes(self) -> list[int]:
-        return [p["pid"] for p in _cluster_processes(self.tmpdir) if p["role"] == "node" and _alive(p["pid"])]
+        """Nodes that joined with --address (the node beside the head is this driver's own: a
+        driver dies with its node, as in Ray, so it is left alone)."""
+        return [p["pid"] for p in _cluster_processes(self.tmpdir)
+                if p["role"] == "node" and not p.get("head_machine") and _alive(p["pid"])]
+
+    def own_node(self) -> list[int]:
+        return [p["pid"] for p in _cluster_processes(self.tmpdir) if p.get("head_machine") and _alive(p["pid"])]
 
     def run(self) -> None:
         while not self.halt.wait(self.rng.uniform(0.5, 1.5) * self.interval_s):
             nodes = self.nodes()
             fault = self.rng.choice(["kill_worker", "kill_worker", "kill_node", "freeze_node", "kill_head"])
+            self.log(fault)
             if fault == "kill_head":
                 for pid in self.heads():
                     if _alive(pid):
@@ -96,10 +107,11 @@ class Chaos(threading.Thread):
                 self.halt.wait(self.rng.uniform(0.5, 3.0))  # the cluster runs headless meanwhile
                 _cli(self.env, "start", "--head", "--num-cpus", "1", "--node-timeout", str(NODE_TIMEOUT_S),
                      "--no-include-dashboard")
+                self.log("head restarted")
                 self.faults[fault] += 1
                 continue
             if fault == "kill_worker":
-                workers = [w for n in [*nodes, *self.heads()] for w in _children(n)]
+                workers = [w for n in [*nodes, *self.own_node()] for w in _children(n)]
                 if workers:
                     _signal(self.rng.choice(workers), signal.SIGKILL)
                     self.faults[fault] += 1
@@ -163,10 +175,12 @@ def soak(seconds: float, nodes: int, seed: int, interval_s: float = 2.0) -> dict
     address = f"127.0.0.1:{port}"
     rng = random.Random(seed)
     chaos = Chaos(env, tmpdir, address, rng, interval_s)
-    chaos.want = nodes + 1  # and the node beside the head
+    chaos.want = nodes
     counts = {"operations": 0, "ok": 0, "system_failures": 0, "wrong_results": 0, "hangs": 0}
     failures: dict[str, int] = {}
+    examples: dict[str, str] = {}  # the first message of each kind of failure
     slowest = 0.0
+    slow_ops: list[dict[str, Any]] = []  # operations slower than the node timeout, with the faults just before
     try:
         _cli(env, "start", "--head", "--port", str(port), "--num-cpus", "1", "--node-timeout", str(NODE_TIMEOUT_S),
              "--no-include-dashboard")
@@ -229,7 +243,13 @@ def soak(seconds: float, nodes: int, seed: int, interval_s: float = 2.0) -> dict
             except asyncray.exceptions.SystemFailure as exc:
                 counts["system_failures"] += 1
                 failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-            slowest = max(slowest, time.monotonic() - t0)
+                examples.setdefault(type(exc).__name__, str(exc)[:300])
+            took = time.monotonic() - t0
+            slowest = max(slowest, took)
+            if took > NODE_TIMEOUT_S:
+                recent = [f"{what} at -{t0 - at:.1f} s" for at, what in chaos.timeline if t0 - 10 < at <= t0 + took]
+                slow_ops.append({"op": ["graph", "actor call", "large object"][i % 3], "seconds": round(took, 2),
+                                 "faults": recent})
             i += 1
     finally:
         chaos.halt.set()
@@ -251,6 +271,7 @@ def soak(seconds: float, nodes: int, seed: int, interval_s: float = 2.0) -> dict
     return {
         "seconds": seconds, "nodes": nodes, "seed": seed, **counts, "failures_by_type": failures,
         "faults": chaos.faults, "longest_stall_s": round(slowest, 2), "node_timeout_s": NODE_TIMEOUT_S,
+        "slow_operations": slow_ops, "failure_examples": examples,
     }
 
 
@@ -274,6 +295,10 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    for kind, text in report["failure_examples"].items():
+        print(f"  {kind}: {text}")
+    for op in report["slow_operations"]:
+        print(f"  slow: {op['op']} took {op['seconds']} s; faults around it: {', '.join(op['faults']) or 'none'}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)

@@ -1021,26 +1021,36 @@ res = {
     "a_node": ra["value"][1] if "value" in ra else None,
     "b_same": bool(np.array_equal(rb["value"], expect + 1)) if "value" in rb else rb,
     "c": {k: v for k, v in rc.items() if k != "value"},
+    "elapsed": [round(ra["elapsed"], 2), round(rb["elapsed"], 2)],
 }
 asyncray.shutdown()
 result(**res)
 """
 
 
-def test_lost_task_results_are_rebuilt_from_lineage() -> None:
+@pytest.mark.parametrize("how", ["killed, then get", "get while it is frozen"])
+def test_lost_task_results_are_rebuilt_from_lineage(how: str) -> None:
     """A node dies holding the only copies of task results: the owner runs the tasks that made
-    them again, recursively (a lost argument first); a task out of retries says so."""
+    them again, recursively (a lost argument first); a task out of retries says so. Also when
+    the owner is already fetching from the node as it freezes (the copy fails, the owner waits
+    for the node's death and the rebuild instead of reporting the object lost)."""
     with new_cluster() as c:
         c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
         c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
         b_pid = c.daemon_pids("node")[0]
+        b_tree = [psutil.Process(b_pid), *psutil.Process(b_pid).children(recursive=True)]
         drv, line = interactive_driver(c, DRIVER_LINEAGE)
         try:
             assert drv.stdout is not None and drv.stdin is not None
             ready = json.loads(line[6:])
             c.track()
-            os.kill(b_pid, signal.SIGKILL)
-            assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
+            if how == "killed, then get":
+                os.kill(b_pid, signal.SIGKILL)
+                assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
+            else:
+                b_tree = [psutil.Process(b_pid), *psutil.Process(b_pid).children(recursive=True)]
+                for p in b_tree:
+                    p.send_signal(signal.SIGSTOP)
             drv.stdin.write("dead\n")
             drv.stdin.flush()
             out, err = drv.communicate(timeout=90)
@@ -1049,7 +1059,11 @@ def test_lost_task_results_are_rebuilt_from_lineage() -> None:
             if drv.poll() is None:
                 drv.kill()
                 drv.wait()
+            for p in b_tree:  # frozen and fenced: it would exit once woken
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
         assert res["a_same"] is True, res
+        assert res["elapsed"][0] < 20, res  # the node timeout (2 s), a rebuild and a little
         assert res["a_node"] == ready["head_node"], res  # made again, on the live node
         assert res["b_same"] is True, res  # rebuilt after its lost argument
         lost = res["c"]

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # The node answers at once (it measures and maybe spills in a thread); past this, write anyway.
 RESERVE_TIMEOUT_S = 10.0
+# An object we own whose copy could not be fetched: how long to wait for it to be found
+# elsewhere or rebuilt (its node's death reaches us within the node timeout) before giving up.
+RECOVER_WAIT_S = 30.0
+RECOVER_POLL_S = 0.2
 
 
 def _settle(fut: asyncio.Future[None]) -> None:
@@ -517,8 +521,34 @@ class ObjectTable:
         )
         for desc, res in zip(remote, results, strict=True):
             if isinstance(res, BaseException):
-                err = ObjectLostError(f"object {desc[1].hex()} is lost: {res}")
-                desc[:] = ser.error_descriptor(err)
+                fresh = await self._recover_copy(desc)
+                desc[:] = fresh if fresh is not None else ser.error_descriptor(
+                    ObjectLostError(f"object {desc[1].hex()} is lost: {res}")
+                )
+
+    async def _recover_copy(self, desc: list[Any]) -> list[Any] | None:
+        """The copy of an object we own could not be fetched (its node died mid-transfer, say):
+        wait, bounded, for it to be found on another node or rebuilt (``rebuild_lost`` runs when
+        the node's death is announced), retrying the copy meanwhile in case the failure passed.
+        None for objects we do not own, or when nothing came of it in time."""
+        entry = self._objects.get(desc[1])
+        if entry is None or not entry.owned:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECOVER_WAIT_S
+        while loop.time() < deadline and not self.links.closed:
+            await asyncio.sleep(RECOVER_POLL_S)
+            current = entry.desc
+            if current is None:  # being found elsewhere or rebuilt
+                continue
+            try:
+                if ser.is_remote(current, self.store):
+                    await self._fetch_copy(current)
+            except Exception as exc:
+                log.debug("object %s: copy failed again (%s)", desc[1].hex(), exc)
+                continue
+            return current if current is not desc else list(desc)
+        return None
 
     async def _fetch_copy(self, desc: list[Any]) -> Any:
         return await self.links.request_node(m.FetchObject(rid=0, object_id=desc[1], node_id=desc[3], size=int(desc[2])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -100,6 +101,8 @@ class NodeService(Service):
         self.log_dir = os.path.join(config.session_dir, "logs")
         self.view: list[m.NodeView] = []  # the head's latest picture of all nodes
         self._pulls: dict[bytes, asyncio.Future[None]] = {}
+        self._pull_sources: dict[bytes, bytes] = {}  # object id -> the node a running pull copies from
+        self._pull_ids = itertools.count()
         self.transfer: transfer.TransferServer | None = None
         self._refill: asyncio.Future[None] | None = None
         self._deletions: set[asyncio.Future[None]] = set()
@@ -449,6 +452,8 @@ class NodeService(Service):
             self._fence(msg.reason)
         elif isinstance(msg, m.ClusterView):
             self.view = msg.nodes
+            if self._pull_sources:
+                self._abandon_pulls_from_dead_nodes()
         elif isinstance(msg, m.DeleteObjects):  # freed by their owners: our copies go too
             self._delete_copies(msg.object_ids)
         elif isinstance(msg, m.OwnerGone):
@@ -468,6 +473,7 @@ class NodeService(Service):
         pull = self._pulls.get(oid)
         if pull is None:
             pull = self._pulls[oid] = asyncio.get_running_loop().create_future()
+            self._pull_sources[oid] = msg.node_id
             self.spawn(self._pull_into(pull, oid, msg.node_id, msg.size), "pull-object")
         try:
             await asyncio.shield(pull)
@@ -484,12 +490,28 @@ class NodeService(Service):
             done.cancel()
             raise
         except Exception as exc:
-            done.set_exception(exc)
-            done.exception()  # seen: the askers report it
+            if not done.done():
+                done.set_exception(exc)
+                done.exception()  # seen: the askers report it
         else:
-            done.set_result(None)
+            if not done.done():
+                done.set_result(None)
         finally:
-            self._pulls.pop(oid, None)
+            if self._pulls.get(oid) is done:
+                del self._pulls[oid]
+                self._pull_sources.pop(oid, None)
+
+    def _abandon_pulls_from_dead_nodes(self) -> None:
+        """A node died while we copied from it: the askers hear so now, not when the socket
+        times out (a frozen node keeps it open); the copy thread ends on its own deadline."""
+        dead = {n.node_id for n in self.view if not n.alive}
+        for oid, source in list(self._pull_sources.items()):
+            if source in dead:
+                done = self._pulls.pop(oid, None)
+                del self._pull_sources[oid]
+                if done is not None and not done.done():
+                    done.set_exception(ConnectionError(f"node {source.hex()[:8]} died during the transfer"))
+                    done.exception()
 
     async def _pull(self, oid: bytes, node_id: bytes, size_hint: int = 0) -> None:
         node = next((n for n in self.view if n.node_id == node_id), None)
@@ -499,7 +521,7 @@ class NodeService(Service):
             raise ConnectionError("that node serves no object transfers")
         where = await self._make_room(size_hint) if size_hint else {}
         final = self.store.spill_path(oid) if where.get("disk") else self.store.path(oid)
-        tmp = f"{final}.{os.getpid()}.tmp"
+        tmp = f"{final}-{next(self._pull_ids)}.{os.getpid()}.tmp"  # an abandoned pull may still write its own
         if where.get("segment"):
             os.rename(where["segment"], tmp)  # receive into warm memory
         loop = asyncio.get_running_loop()
