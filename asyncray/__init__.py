@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from asyncray import exceptions
+from asyncray import actor, exceptions  # actor: Ray's ray.actor namespace (ray.actor.exit_actor())
 from asyncray._client import api as _api
 from asyncray._client import options as _options
 from asyncray._client import runtime as _runtime
@@ -57,6 +57,7 @@ __all__ = [
     "TaskError",
     "TaskUnschedulableError",
     "WorkerCrashedError",
+    "actor",
     "as_completed",
     "available_resources",
     "cancel",

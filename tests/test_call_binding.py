@@ -98,7 +98,7 @@ class Plain:
         return "pong"
 
 
-RemoteAccount = asyncray.remote(Account)
+RemoteAccount = asyncray.remote(concurrency_groups={"io": 2})(Account)
 RemotePlain = asyncray.remote(Plain)
 
 

@@ -85,6 +85,15 @@ class ActorClass(Generic[C]):
         self.__doc__ = cls.__doc__
         self.__module__ = cls.__module__
 
+    def __getattr__(self, name: str) -> Any:
+        # Class attributes through the actor class, as in Ray (whose actor class subclasses the
+        # user's): inside a method the global ``Counter`` is this object, and ``Counter.LIMIT``
+        # must work. Dunders stay ours (pickling looks them up before __dict__ is filled).
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)
+        return getattr(cls, name)
+
     def __getstate__(self) -> dict[str, Any]:
         # Travels inside functions that create actors; the per-process cache stays home.
         state = dict(self.__dict__)
@@ -127,6 +136,8 @@ class ActorClass(Generic[C]):
             "resources": resources_of(opts, 0.0),
             "max_restarts": opts.get("max_restarts") or 0,
             "max_concurrency": opts.get("max_concurrency") or default_conc,
+            "concurrency_groups": dict(opts.get("concurrency_groups") or {}),
+            "sync_methods_on_loop": bool(opts.get("sync_methods_on_loop")),
             "detached": opts.get("lifetime") == "detached",
             "owner": core.address,
             "job_id": core.current_job_id(),
@@ -182,6 +193,8 @@ class ActorHandle(Generic[C]):
             actors.handle_created(actor_id)
 
     def __getattr__(self, name: str) -> ActorMethod:
+        if name == "__ray_terminate__":  # Ray's graceful end, queued behind earlier calls (the actor's host runs it)
+            return ActorMethod(self, name, {"num_returns": 1})
         if name.startswith("_"):
             raise AttributeError(name)
         info = self._meta["methods"].get(name)
@@ -198,7 +211,7 @@ class ActorHandle(Generic[C]):
     def _call_check(self, name: str) -> CallCheck:
         check = self._checks.get(name)
         if check is None:
-            sig = self._meta["methods"][name].get("sig")
+            sig = self._meta["methods"].get(name, {}).get("sig")  # __ray_terminate__ has none
             ok = isinstance(sig, list | tuple) and len(sig) == 3 and isinstance(sig[0], str) and isinstance(sig[2], list | tuple)
             # Tokens are checked again before anything is built from them (they may come from the head).
             tokens = [t for t in sig[2] if isinstance(t, str)] if ok else None
@@ -255,6 +268,7 @@ class ActorMethod:
             retry_exceptions=False,
         )
         spec.method = self._name
+        spec.concurrency_group = self._options.get("concurrency_group") or ""
         refs = core.actors.submit(h, spec)
         if num_returns == 1:
             return refs[0]

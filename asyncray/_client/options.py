@@ -21,6 +21,7 @@ TASK_OPTIONS = {
 ACTOR_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "max_concurrency",
     "name", "namespace", "lifetime", "get_if_exists", "scheduling_strategy", "memory", "runtime_env",
+    "concurrency_groups", "sync_methods_on_loop",
 }
 # ``@method(...)`` on an actor method, and ``handle.method.options(...)`` per call (which also takes ``name``).
 METHOD_DECORATOR_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "num_return_vals"}
@@ -141,6 +142,14 @@ def _non_empty_str(name: str, v: Any, what: str) -> None:
         raise ValueError(f"{name} must not be empty for {what}")
 
 
+def _concurrency_groups(name: str, v: Any, what: str) -> None:
+    if not isinstance(v, dict):
+        raise TypeError(f"concurrency_groups must be a dict of group name -> max concurrency for {what}, got {_describe(v)}")
+    for group, size in v.items():
+        _non_empty_str("a concurrency group name", group, what)
+        _int_at_least(1)(f"concurrency group {group!r}", size, what)
+
+
 # name -> check(name, value, what); None always passes (it means "the default").
 _CHECKS: dict[str, Callable[[str, Any, str], None]] = {
     "num_cpus": _quantity,
@@ -160,6 +169,8 @@ _CHECKS: dict[str, Callable[[str, Any, str], None]] = {
     "name": _of_type(str, "a str"),
     "namespace": _non_empty_str,
     "concurrency_group": _non_empty_str,
+    "concurrency_groups": _concurrency_groups,
+    "sync_methods_on_loop": _of_type(bool, "a bool"),
     "get_if_exists": _of_type(bool, "a bool"),
     "runtime_env": _of_type(dict, "a dict"),
 }

@@ -377,6 +377,7 @@ class TaskSubmitter:
             return_ids=spec.return_ids, owner=self.links.address, fn_blob=blob,
             actor_id=spec.actor.actor_id if spec.actor is not None else None,
             method=spec.method, seq=spec.seq, caller=self.links.worker_id, job_id=spec.job_id,
+            concurrency_group=spec.concurrency_group,
         )
 
     def _lease_free(self, lease: _Lease) -> None:

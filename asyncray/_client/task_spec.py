@@ -193,6 +193,7 @@ class TaskSpec:
     worker_pid: int = 0
     actor: Any = None
     method: str | None = None
+    concurrency_group: str = ""  # an actor call's .options(concurrency_group=...)
     seq: int = 0
     strategy: Any = None  # None, "SPREAD" or a NodeAffinitySchedulingStrategy
     node_id: bytes = b""  # where it ran (set when pushed)

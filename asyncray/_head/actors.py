@@ -363,6 +363,8 @@ class ActorManager:
                     rid=0, actor_id=rec.actor_id, class_blob=spec["class_blob"], name=rec.meta["class_name"],
                     args=spec["args"], kwargs=spec["kwargs"], max_concurrency=spec["max_concurrency"],
                     owner=spec.get("owner", ""), job_id=spec.get("job_id", b""),
+                    concurrency_groups=dict(spec.get("concurrency_groups") or {}),
+                    sync_methods_on_loop=bool(spec.get("sync_methods_on_loop")),
                 )
             )
         except (OSError, ConnectionLost, RemoteCallError):

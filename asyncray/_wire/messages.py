@@ -644,6 +644,7 @@ class PushTask(Message):
     seq: int = 0
     caller: bytes = b""
     job_id: bytes = b""  # the job the task belongs to (its driver's, also for nested tasks)
+    concurrency_group: str = ""  # an actor call's .options(concurrency_group=...); "": the method's own
 
 
 @message("task_done")
@@ -690,6 +691,8 @@ class CreateActor(Message):
     max_concurrency: int
     owner: str
     job_id: bytes = b""  # the job that created the actor: its methods report it
+    concurrency_groups: dict[str, int] = field(default_factory=dict)  # @remote(concurrency_groups=...)
+    sync_methods_on_loop: bool = False  # async actor: sync methods on the loop thread, as Ray runs them
 
 
 # ---------------------------------------------------------------- cluster view and object transfer
