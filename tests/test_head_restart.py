@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import is_running, wait_for
 from test_cluster import PRELUDE, Cluster, free_port, interactive_driver, new_cluster, parse_result
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -112,7 +112,7 @@ result(
 def _kill_head(c: Cluster) -> int:
     (pid,) = c.daemon_pids("head")
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10)
+    assert wait_for(lambda: not is_running(pid), 10)
     return pid
 
 
@@ -196,3 +196,55 @@ def test_head_restart_on_another_port_with_redis(redis_url: str) -> None:
             assert client.keys("asyncray:*") == [], "'asyncray stop' left the cluster's state in Redis"
         finally:
             client.close()
+
+
+DRIVER_OWNER = PRELUDE + """
+asyncray.init(address="auto")
+
+@asyncray.remote
+class Solo:
+    def __init__(self):
+        self.n = 0
+    def incr(self):
+        self.n += 1
+        return self.n
+    def pid(self):
+        return os.getpid()
+
+solo = Solo.remote()  # not detached: it lives as long as this driver
+assert asyncray.get(solo.incr.remote(), timeout=30) == 1
+print("READY " + json.dumps({"pid": asyncray.get(solo.pid.remote(), timeout=30)}), flush=True)
+sys.stdin.readline()  # the head went away and came back, and the other owner is gone for good
+result(count=asyncray.get(solo.incr.remote(), timeout=30))
+"""
+
+
+def test_after_a_restart_actors_of_owners_that_never_return_end() -> None:
+    """Two drivers own one (non-detached) actor each; the head dies; one driver dies too. The
+    restarted head waits for owners to reconnect: the live driver's actor goes on, the dead
+    one's is ended, as its owner's exit would have ended it."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "2")
+        stays, line_stays = interactive_driver(c, DRIVER_OWNER)
+        leaves, line_leaves = interactive_driver(c, DRIVER_OWNER)
+        try:
+            assert stays.stdin is not None
+            orphan_pid = json.loads(line_leaves[6:])["pid"]
+            kept_pid = json.loads(line_stays[6:])["pid"]
+            c.track()
+            _kill_head(c)
+            leaves.kill()
+            leaves.communicate(timeout=30)
+            c.cli("start", "--head", env={"ASYNCRAY_OWNER_RETURN_S": "3"})
+            assert wait_for(lambda: not is_running(orphan_pid), timeout=20)
+            assert is_running(kept_pid)
+            stays.stdin.write("go\n")
+            stays.stdin.flush()
+            out, err = stays.communicate(timeout=60)
+            res = parse_result(subprocess.CompletedProcess(stays.args, stays.returncode, line_stays + out, err))
+        finally:
+            for drv in (stays, leaves):
+                if drv.poll() is None:
+                    drv.kill()
+                    drv.communicate(timeout=30)
+        assert res["count"] == 2, res  # the same actor, its state kept

@@ -11,6 +11,7 @@ import asyncio
 import builtins
 import enum
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,12 @@ log = logging.getLogger(__name__)
 EXIT_CODE_GRACE_S = 0.3
 # After a head restart, how long the creator of a non-detached actor has to reconnect before
 # the actor is taken for orphaned and ended (drivers retry every second at most).
-OWNER_RETURN_S = 20.0
+DEFAULT_OWNER_RETURN_S = 20.0
+
+
+def owner_return_s() -> float:
+    """The owners' window to come back after a head restart (``ASYNCRAY_OWNER_RETURN_S``)."""
+    return float(os.environ.get("ASYNCRAY_OWNER_RETURN_S", DEFAULT_OWNER_RETURN_S))
 # Reattaching to a live actor's worker after a head restart: one connection attempt's deadline.
 REATTACH_TIMEOUT_S = 5.0
 # The fields of a record that are written to storage (the rest is live connections).
@@ -252,7 +258,7 @@ class ActorManager:
         log.info("actor %s reattached at %s", _ids.short(rec.actor_id), rec.address)
 
     async def _end_orphans(self) -> None:
-        await asyncio.sleep(OWNER_RETURN_S)
+        await asyncio.sleep(owner_return_s())
         for rec in list(self.actors.values()):
             if rec.owner is None and rec.owner_id and not rec.spec.get("detached") and rec.state is not ActorState.DEAD:
                 self._mark_dead(rec, "its owner did not reconnect after the head restarted")
