@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -309,6 +310,40 @@ def test_actor_ends_when_its_last_handle_is_dropped(ray):
     pid = ray.get(c.pid.remote())
     del c
     assert wait_for(lambda: not is_running(pid), 10)
+
+
+@asyncray.remote
+class HandleKeeper:
+    """Holds actor handles it is given (another process than their owner)."""
+
+    def __init__(self):
+        self.handles = []
+
+    def keep(self, handles):
+        self.handles = list(handles)
+        return len(self.handles)
+
+    def call(self):
+        return [asyncray.get(h.pid.remote()) for h in self.handles]
+
+    def drop(self):
+        self.handles = []
+        return True
+
+
+def test_an_actor_lives_while_a_handle_passed_to_another_process_does(ray):
+    """As in Ray: the actor ends when the last handle anywhere is gone, not the owner's last."""
+    c = Counter.remote()
+    pid = ray.get(c.pid.remote())
+    keeper = HandleKeeper.remote()
+    assert ray.get(keeper.keep.remote([c])) == 1  # inside a list: the handle is pickled
+    del c
+    gc.collect()
+    time.sleep(1.0)  # the owner's own handle is gone: the borrowed one keeps it alive
+    assert ray.get(keeper.call.remote(), timeout=10) == [pid]
+    ray.get(keeper.drop.remote())
+    assert wait_for(lambda: not is_running(pid), 10)
+    ray.kill(keeper)
 
 
 def test_result_of_a_dropped_handle_still_arrives(ray):

@@ -43,8 +43,6 @@ class _Channel:
         "conn",
         "ctor_refs",
         "dead",
-        "escaped",
-        "handles",
         "incarnation",
         "inflight",
         "next_seq",
@@ -71,8 +69,6 @@ class _Channel:
         self.incarnation = -1
         self.dead: list[Any] | None = None  # error descriptor once the actor is gone for good
         self.resolving = False
-        self.handles = 0
-        self.escaped = False
         self.release_when_idle = False
         self.registered: asyncio.Future[Any] | None = None
         self.pid = 0  # the actor's process, for task lists and the timeline
@@ -124,7 +120,14 @@ class ActorClient:
             if existing is not None:
                 self._channels.pop(actor_id, None)
                 return ActorHandle(existing.actor_id, existing.meta, self)
-        return ActorHandle(actor_id, meta, self, owned=not (name or spec["detached"]))
+        if name or spec["detached"]:
+            return ActorHandle(actor_id, meta, self)
+        # The actor lives as long as its handles do, in this process and in any other they
+        # were passed to: they all hold a ref to one small object we own, whose borrowers the
+        # object table counts across processes; when it is freed, the actor ends.
+        lifetime = self.objects.put(None)
+        self.objects.on_freed(lifetime.id, lambda: self._handles_gone(ch))
+        return ActorHandle(actor_id, meta, self, lifetime=lifetime)
 
     def _register(
         self, ch: _Channel, name: str, namespace: str, get_if_exists: bool,
@@ -314,27 +317,10 @@ class ActorClient:
             err = ActorDiedError(f"actor {ch.class_name}({_ids.short(actor_id)}) is dead: {reason}")
             self._die(ch, ser.error_descriptor(err))
 
-    def handle_created(self, actor_id: bytes) -> None:
-        """The owner made a handle (counted so the actor can end with its last one)."""
-        ch = self._channels.get(actor_id)
-        if ch is not None:
-            ch.handles += 1
-
-    def handle_escaped(self, actor_id: bytes) -> None:
-        """A handle was pickled: others may call it, so the owner keeps the actor alive."""
-        ch = self._channels.get(actor_id)
-        if ch is not None:
-            ch.escaped = True
-
-    def handle_dropped(self, actor_id: bytes) -> None:
-        """The owner dropped a handle; after the last one and pending calls, end the actor."""
-        ch = self._channels.get(actor_id)
-        if ch is None:
-            return
-        ch.handles -= 1
-        if ch.handles <= 0 and not ch.escaped:
-            ch.release_when_idle = True
-            self.links.call_soon(self._maybe_release, ch)
+    def _handles_gone(self, ch: _Channel) -> None:
+        """No handle to an actor we own is left anywhere: after its pending calls, end it."""
+        ch.release_when_idle = True
+        self._maybe_release(ch)
 
     def _maybe_release(self, ch: _Channel) -> None:
         if not ch.release_when_idle or ch.inflight or ch.ready or ch.dead is not None:

@@ -20,6 +20,7 @@ from asyncray._client.task_spec import (
 
 if TYPE_CHECKING:
     from asyncray._actor.client import ActorClient
+    from asyncray._client.ref import ObjectRef
 
 C = TypeVar("C")
 
@@ -183,14 +184,16 @@ class ActorHandle(Generic[C]):
     remote twins without a plugin).
     """
 
-    def __init__(self, actor_id: bytes, meta: dict[str, Any], actors: ActorClient | None, *, owned: bool = False) -> None:
+    def __init__(
+        self, actor_id: bytes, meta: dict[str, Any], actors: ActorClient | None, *, lifetime: ObjectRef[Any] | None = None,
+    ) -> None:
         self._actor_id = actor_id
         self._meta = meta
         self._actors = actors
-        self._owned = owned
+        # A ref to the object whose life is the actor's (its owner ends it once no handle
+        # anywhere holds one); None for named and detached actors, which live on their own.
+        self._lifetime = lifetime
         self._checks: dict[str, CallCheck] = {}  # per method, built at its first call
-        if actors is not None and owned:
-            actors.handle_created(actor_id)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name == "__ray_terminate__":  # Ray's graceful end, queued behind earlier calls (the actor's host runs it)
@@ -228,16 +231,7 @@ class ActorHandle(Generic[C]):
         return hash(self._actor_id)
 
     def __reduce__(self) -> Any:
-        if self._actors is not None:
-            self._actors.handle_escaped(self._actor_id)
-        return (_rebuild_handle, (self._actor_id, self._meta))
-
-    def __del__(self) -> None:
-        if self._owned and self._actors is not None:
-            try:
-                self._actors.handle_dropped(self._actor_id)
-            except Exception:  # interpreter shutdown
-                pass
+        return (_rebuild_handle, (self._actor_id, self._meta, self._lifetime))
 
     @property
     def actor_id(self) -> str:
@@ -293,9 +287,9 @@ def _unchecked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     pass
 
 
-def _rebuild_handle(actor_id: bytes, meta: dict[str, Any]) -> ActorHandle[Any]:
+def _rebuild_handle(actor_id: bytes, meta: dict[str, Any], lifetime: ObjectRef[Any] | None = None) -> ActorHandle[Any]:
     core = context.get_core()
-    return ActorHandle(actor_id, meta, core.actors if core is not None else None)
+    return ActorHandle(actor_id, meta, core.actors if core is not None else None, lifetime=lifetime)
 
 
 async def lookup_actor(core: Any, name: str, namespace: str | None) -> ActorHandle[Any]:

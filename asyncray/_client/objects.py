@@ -151,6 +151,7 @@ class ObjectTable:
         self._notice_lock = threading.Lock()  # borrow and free notices are queued from any thread
         self._handoff: dict[bytes, list[tuple[Connection, ObjectRef[Any]]]] = {}
         self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
+        self._freed_hooks: dict[bytes, Callable[[], None]] = {}
 
     @property
     def address(self) -> str:
@@ -190,6 +191,9 @@ class ObjectTable:
             return  # the task is still running; its result frees itself on arrival
         self._objects.pop(object_id, None)
         entry.contained = entry.lineage = None
+        hook = self._freed_hooks.pop(object_id, None)
+        if hook is not None:
+            self.links.call_soon(hook)
         desc = entry.desc
         if entry.owned and desc is not None and desc[0] == ser.STORED:
             self.free_stored(object_id)
@@ -326,6 +330,11 @@ class ObjectTable:
         entry = self._objects.get(object_id)
         if entry is not None:
             entry.pinned = True
+
+    def on_freed(self, object_id: bytes, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the loop once the object is freed: no ref to it is left anywhere
+        (here, in tasks, or in borrowers). Actor handles hang the actor's life on this."""
+        self._freed_hooks[object_id] = hook
 
     def put(self, value: Any) -> ObjectRef[Any]:
         """Store a value owned by this process (callable from any thread)."""
