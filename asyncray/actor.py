@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 from asyncray._actor.handle import ActorClass, ActorHandle, ActorMethod
+from asyncray.exceptions import ActorClassInheritanceException
 
 
 class ActorExit(BaseException):
@@ -42,4 +43,4 @@ def exit_actor() -> NoReturn:
     raise host.request_exit()
 
 
-__all__ = ["ActorClass", "ActorExit", "ActorHandle", "ActorMethod", "exit_actor"]
+__all__ = ["ActorClass", "ActorClassInheritanceException", "ActorExit", "ActorHandle", "ActorMethod", "exit_actor"]

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 __all__ = [
+    "ActorClassInheritanceException",
     "ActorDiedError",
     "AsyncRayError",
     "GetTimeoutError",
@@ -153,3 +154,7 @@ def _make_task_error(cause: BaseException | None, function_name: str, traceback_
         except TypeError:
             pass
     return err
+
+
+class ActorClassInheritanceException(TypeError):
+    """A class tried to subclass an actor class (a class decorated with ``@remote``)."""

@@ -534,3 +534,19 @@ def test_errors_of_async_methods_and_tasks_keep_their_class(ray):
             await async_task_raises.remote()
 
     asyncio.run(awaited())
+
+
+def test_subclassing_an_actor_class_says_what_to_do_instead():
+    @asyncray.remote
+    class Base:
+        LIMIT = 3
+
+    with pytest.raises(asyncray.actor.ActorClassInheritanceException, match="inheriting from actor classes is not allowed"):
+        class Derived(Base):
+            pass
+    assert issubclass(asyncray.actor.ActorClassInheritanceException, TypeError)
+
+    class Plain(Base.__asyncray_class__):  # what the message suggests works
+        pass
+
+    assert Plain.LIMIT == 3

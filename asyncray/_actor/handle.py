@@ -95,6 +95,23 @@ class ActorClass(Generic[C]):
             raise AttributeError(name)
         return getattr(cls, name)
 
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        # ``class B(A)`` with A decorated: Python asks this object for real bases; refuse with
+        # Ray's exception and say what works instead.
+        from asyncray.exceptions import ActorClassInheritanceException
+
+        raise ActorClassInheritanceException(
+            f"Attempted to define a subclass of the actor class {self._cls.__name__}; inheriting from actor classes"
+            f" is not allowed. Inherit from the plain class instead and make the subclass an actor with"
+            f" @asyncray.remote (the plain class is {self._cls.__name__}.__asyncray_class__ if the decorated name"
+            " is all you have)."
+        )
+
+    @property
+    def __asyncray_class__(self) -> type[C]:
+        """The plain class this actor class was made from."""
+        return self._cls
+
     def __getstate__(self) -> dict[str, Any]:
         # Travels inside functions that create actors; the per-process cache stays home.
         state = dict(self.__dict__)
