@@ -550,3 +550,43 @@ def test_subclassing_an_actor_class_says_what_to_do_instead():
         pass
 
     assert Plain.LIMIT == 3
+
+
+class Flaky(Exception):
+    """Raised by Fails below until it has failed enough."""
+
+
+@asyncray.remote
+class Fails:
+    def __init__(self):
+        self.calls = 0
+
+    def until(self, n, exc=Flaky):
+        self.calls += 1
+        if self.calls <= n:
+            raise exc(f"call {self.calls}")
+        return self.calls
+
+    @asyncray.method(max_task_retries=3, retry_exceptions=[Flaky])
+    def decorated(self, n):
+        self.calls += 1
+        if self.calls <= n:
+            raise Flaky(f"call {self.calls}")
+        return self.calls
+
+
+def test_actor_calls_retry_on_the_exceptions_they_allow(ray):
+    a = Fails.remote()
+    assert ray.get(a.until.options(max_task_retries=3, retry_exceptions=True).remote(2), timeout=30) == 3
+    b = Fails.remote()
+    with pytest.raises(Flaky, match="call 1"):  # not retried without retry_exceptions
+        ray.get(b.until.options(max_task_retries=3).remote(1), timeout=30)
+    c = Fails.remote()
+    with pytest.raises(KeyError):  # only the listed classes are retried
+        ray.get(c.until.options(max_task_retries=3, retry_exceptions=[Flaky]).remote(1, KeyError), timeout=30)
+    d = Fails.remote()
+    with pytest.raises(Flaky, match="call 2"):  # retries are bounded
+        ray.get(d.until.options(max_task_retries=1, retry_exceptions=True).remote(5), timeout=30)
+    e = Fails.remote()
+    assert ray.get(e.decorated.remote(2), timeout=30) == 3  # from @method(retry_exceptions=[...])
+    assert ray.get(e.until.remote(0), timeout=30) == 4  # later calls still run, in order after it

@@ -232,10 +232,18 @@ class ActorClient:
         return task_id in self._by_task
 
     def on_task_done(self, msg: m.TaskDone) -> None:
-        """Route an actor call's result to its refs."""
+        """Route an actor call's result to its refs (or call again: ``retry_exceptions``)."""
         ch = self._by_task.pop(msg.task_id)
         spec = ch.inflight.pop(msg.task_id, None)
         if spec is not None:
+            if (msg.failed and spec.retry_exceptions and spec.attempt < spec.max_retries and not spec.cancelled
+                    and ch.dead is None and self.tasks.retryable(spec, msg.results[0])):
+                spec.attempt += 1
+                with self._lock:  # a new place in line: calls made since were sent already
+                    spec.seq = ch.next_seq
+                    ch.next_seq += 1
+                self.dispatch(spec)
+                return
             self.tasks.finish(spec, msg.results, msg.contained, ch.address)
         self._maybe_release(ch)
 

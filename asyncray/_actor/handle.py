@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -63,6 +64,9 @@ def class_meta(cls: type) -> dict[str, Any]:
         for key in ("max_task_retries", "concurrency_group"):
             if opts.get(key) is not None:
                 info[key] = opts[key]
+        if opts.get("retry_exceptions"):  # classes travel by name: the metadata crosses msgpack
+            allowed = opts["retry_exceptions"]
+            info["retry_exceptions"] = True if allowed is True else [f"{c.__module__}:{c.__qualname__}" for c in allowed]
         methods[name] = info
     return {
         "class_name": cls.__name__,
@@ -226,6 +230,8 @@ class ActorHandle(Generic[C]):
         opts = {"num_returns": info["num_returns"]}
         if "max_task_retries" in info:
             opts["max_task_retries"] = _retries(info["max_task_retries"])
+        if "retry_exceptions" in info:
+            opts["retry_exceptions"] = info["retry_exceptions"]
         return ActorMethod(self, name, opts)
 
     def _call_check(self, name: str) -> CallCheck:
@@ -276,7 +282,7 @@ class ActorMethod:
             FunctionDescriptor(name=label, blob=b"", fn_id=b""), args, kwargs,
             num_returns=num_returns, resources={},
             max_retries=h._meta.get("max_task_retries", 0) if retries is None else retries,
-            retry_exceptions=False,
+            retry_exceptions=_exception_classes(self._options.get("retry_exceptions") or False),
         )
         spec.method = self._name
         spec.concurrency_group = self._options.get("concurrency_group") or ""
@@ -302,6 +308,28 @@ class ActorMethod:
 
 def _unchecked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     pass
+
+
+def _exception_classes(allowed: Any) -> Any:
+    """``retry_exceptions`` as the submitter reads it: True, False or a tuple of classes (names
+    from a class's metadata are imported here; one that cannot be found is left out)."""
+    if isinstance(allowed, bool) or not allowed:
+        return bool(allowed)
+    classes = []
+    for item in allowed:
+        if isinstance(item, type):
+            classes.append(item)
+            continue
+        module, _, qualname = str(item).partition(":")
+        try:
+            found: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(found, type) and issubclass(found, BaseException):
+            classes.append(found)
+    return tuple(classes) or False
 
 
 def _rebuild_handle(actor_id: bytes, meta: dict[str, Any], lifetime: ObjectRef[Any] | None = None) -> ActorHandle[Any]:

@@ -432,7 +432,7 @@ class TaskSubmitter:
         else:
             fn.avg_s = 0.8 * fn.avg_s + 0.2 * msg.duration
         retry = msg.failed and spec.retry_exceptions and spec.attempt < spec.max_retries and not spec.cancelled
-        if retry and self._retryable(spec, msg.results[0]):
+        if retry and self.retryable(spec, msg.results[0]):
             spec.attempt += 1
             self._requeue(spec)
             self._lease_free(lease)
@@ -440,7 +440,8 @@ class TaskSubmitter:
         self.finish(spec, msg.results, msg.contained, lease.address)
         self._lease_free(lease)
 
-    def _retryable(self, spec: TaskSpec, desc: list[Any]) -> bool:
+    def retryable(self, spec: TaskSpec, desc: list[Any]) -> bool:
+        """True when a failed call's exception is one its ``retry_exceptions`` allows."""
         allowed = spec.retry_exceptions
         if allowed is True:
             return True

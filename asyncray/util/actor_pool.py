@@ -69,17 +69,19 @@ class ActorPool:
         Work starts here, not when the iterator is first read. Results still unread from
         earlier submissions are dropped first, as in Ray.
         """
-        self._discard_outstanding()
-        for v in values:
-            self.submit(fn, v)
+        self._start_all(fn, values)
         return self._drain(self.get_next)
 
     def map_unordered(self, fn: Fn, values: Iterable[Any]) -> Iterator[Any]:
         """Like ``map``, but results come in the order they complete."""
+        self._start_all(fn, values)
+        return self._drain(self.get_next_unordered)
+
+    def _start_all(self, fn: Fn, values: Iterable[Any]) -> None:
+        """Drop unread results of earlier submissions, then submit every value (work starts now)."""
         self._discard_outstanding()
         for v in values:
             self.submit(fn, v)
-        return self._drain(self.get_next_unordered)
 
     def _drain(self, take: Callable[[], Any]) -> Iterator[Any]:
         while self.has_next():
@@ -184,16 +186,12 @@ class ActorPool:
 
     def amap(self, fn: Fn, values: Iterable[Any]) -> AsyncIterator[Any]:
         """``map`` for async code: ``async for result in pool.amap(fn, values)``; starts work at once."""
-        self._discard_outstanding()
-        for v in values:
-            self.submit(fn, v)
+        self._start_all(fn, values)
         return self._adrain(self.aget_next)
 
     def amap_unordered(self, fn: Fn, values: Iterable[Any]) -> AsyncIterator[Any]:
         """``map_unordered`` for async code; starts work at once."""
-        self._discard_outstanding()
-        for v in values:
-            self.submit(fn, v)
+        self._start_all(fn, values)
         return self._adrain(self.aget_next_unordered)
 
     async def _adrain(self, take: Callable[[], Awaitable[Any]]) -> AsyncIterator[Any]:
