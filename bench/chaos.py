@@ -247,7 +247,7 @@ def soak(seconds: float, nodes: int, seed: int, interval_s: float = 2.0) -> dict
             took = time.monotonic() - t0
             slowest = max(slowest, took)
             if took > NODE_TIMEOUT_S:
-                recent = [f"{what} at -{t0 - at:.1f} s" for at, what in chaos.timeline if t0 - 10 < at <= t0 + took]
+                recent = [f"{what} at {at - t0:+.1f} s" for at, what in chaos.timeline if t0 - 10 < at <= t0 + took]
                 slow_ops.append({"op": ["graph", "actor call", "large object"][i % 3], "seconds": round(took, 2),
                                  "faults": recent})
             i += 1
