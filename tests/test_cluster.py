@@ -1070,6 +1070,62 @@ def test_lost_task_results_are_rebuilt_from_lineage(how: str) -> None:
         assert lost.get("error") == "ObjectLostError" and "max_retries=0" in lost["message"], lost
 
 
+DRIVER_STALE_BORROWER = PRELUDE + """
+asyncray.init(address="auto")
+nodes = {n["NodeID"]: n for n in asyncray.nodes()}
+head_node = next(k for k, n in nodes.items() if not n["Resources"].get("b"))
+b_node = next(k for k, n in nodes.items() if n["Resources"].get("b"))
+
+@asyncray.remote(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=b_node, soft=True), max_retries=2)
+def make():
+    return np.arange(300_000, dtype=np.float64)  # on node B: rebuilt elsewhere when B dies
+
+@asyncray.remote(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=head_node, soft=False))
+class Reader:
+    def hold(self, refs):
+        self.ref = refs[0]  # borrowed; where it lives is learnt now, the bytes are not fetched
+        ready, _ = asyncray.wait([self.ref], timeout=30)
+        return len(ready)
+
+    def total(self):
+        return float(asyncray.get(self.ref, timeout=40).sum())
+
+ref = make.remote()
+reader = Reader.remote()
+assert asyncray.get(reader.hold.remote([ref]), timeout=30) == 1
+print("READY", flush=True)
+sys.stdin.readline()  # node B is dead
+try:
+    result(total=asyncray.get(reader.total.remote(), timeout=60))
+except Exception as exc:
+    result(error=type(exc).__name__, message=str(exc)[:400])
+"""
+
+
+def test_a_borrower_with_an_old_location_asks_the_owner_again() -> None:
+    """An actor learnt where a borrowed object lived; that node died and the owner rebuilt the
+    object elsewhere: the actor's get asks the owner again instead of failing."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "2", "--node-timeout", "2")
+        c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
+        b_pid = c.daemon_pids("node")[0]
+        drv, line = interactive_driver(c, DRIVER_STALE_BORROWER)
+        try:
+            assert drv.stdin is not None
+            c.track()
+            os.kill(b_pid, signal.SIGKILL)
+            assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
+            drv.stdin.write("dead\n")
+            drv.stdin.flush()
+            out, err = drv.communicate(timeout=90)
+            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
+        finally:
+            if drv.poll() is None:
+                drv.kill()
+                drv.wait()
+        assert res.get("total") == float(sum(range(300_000))), res
+
+
 DRIVER_HOLDS_THE_CPU = PRELUDE + """
 asyncray.init(address="auto")
 marker = sys.argv[1]

@@ -541,8 +541,10 @@ class ObjectTable:
         the node's death is announced), retrying the copy meanwhile in case the failure passed.
         None for objects we do not own, or when nothing came of it in time."""
         entry = self._objects.get(desc[1])
-        if entry is None or not entry.owned:
+        if entry is None:
             return None
+        if not entry.owned:
+            return await self._ask_owner_again(entry, desc)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RECOVER_WAIT_S
         while loop.time() < deadline and not self.links.closed:
@@ -557,6 +559,34 @@ class ObjectTable:
                 log.debug("object %s: copy failed again (%s)", desc[1].hex(), exc)
                 continue
             return current if current is not desc else list(desc)
+        return None
+
+    async def _ask_owner_again(self, entry: _Entry, desc: list[Any]) -> list[Any] | None:
+        """A borrowed object's copy could not be fetched: its owner may have found or rebuilt it
+        elsewhere since it told us where it was. Ask (bounded) until its answer moves on."""
+        owner = self._borrowed_from.get(desc[1])
+        if owner is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECOVER_WAIT_S
+        while loop.time() < deadline and not self.links.closed:
+            try:
+                conn = await self.links.peer(owner)
+                fresh: list[Any] = await asyncio.wait_for(
+                    conn.request(m.GetObject(rid=0, object_id=desc[1])), max(0.1, deadline - loop.time()),
+                )
+            except (OSError, TimeoutError, ConnectionLost, RemoteCallError):
+                return None
+            if fresh[:4] != desc[:4]:  # moved, or failed for good: the owner's word stands
+                try:
+                    if ser.is_remote(fresh, self.store):
+                        await self._fetch_copy(fresh)
+                except Exception as exc:
+                    log.debug("object %s: the owner's new copy failed too (%s)", desc[1].hex(), exc)
+                else:
+                    entry.desc = fresh
+                    return fresh
+            await asyncio.sleep(RECOVER_POLL_S * 5)  # the owner has not heard of the loss yet
         return None
 
     async def _fetch_copy(self, desc: list[Any]) -> Any:
