@@ -85,6 +85,7 @@ async def serve(args: argparse.Namespace) -> None:
             ready: dict[str, object] = {
                 "pid": os.getpid(), "head_address": head.address, "session_dir": session_dir,
                 "storage": head.storage_url, "restored": head.restored, "dashboard_url": dashboard_url,
+                "cluster_id": head.cluster_id,
             }
             done = [asyncio.ensure_future(stop.wait())]
         else:

@@ -104,9 +104,9 @@ def _start_head(args: argparse.Namespace) -> int:
             _remove_cluster_files()
         return 1
     addr = ready["head_address"]
-    _session.update_cluster(
-        lambda info: info.update(address=addr, dashboard_url=ready.get("dashboard_url"), storage=storage)
-    )
+    _session.update_cluster(lambda info: info.update(
+        address=addr, dashboard_url=ready.get("dashboard_url"), storage=storage, cluster_id=ready.get("cluster_id"),
+    ))
     if not any(p["role"] == "node" and p.get("head_machine") for p in live):
         lookup = storage if storage.startswith(("redis", "rediss")) else "auto"
         node = _launch("node", args, ["--address", addr, "--head-lookup", lookup], token, head_machine=True)

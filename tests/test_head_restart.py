@@ -171,9 +171,10 @@ def test_head_restart_keeps_the_cluster_sqlite() -> None:
         assert len(c.daemon_pids("head-node")) == 1  # the head machine's node runs beside the head
         storage = c.info()["storage"]
         assert storage.startswith("sqlite:///") and storage.endswith("head.db")
+        cluster_id = c.info()["cluster_id"]
         res = _run_outage(c, [])
         _check(c, res)
-        assert c.token() == token
+        assert c.token() == token and c.info()["cluster_id"] == cluster_id  # the same cluster
         print("recovery:", json.dumps({k: res[k] for k in ("restart_s", "found_after")}), file=sys.stderr)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -66,6 +67,7 @@ class HeadService(Service):
         self.storage_url = storage
         self.storage: Storage | None = None
         self.restored = False  # True when this head took over the tables of one that died
+        self.cluster_id = ""  # from storage, made at the cluster's first start
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.objects: dict[bytes, dict[bytes, int]] = {}  # object id -> {node id: size}
         # Recently freed ids: a copy announced after its object was freed is deleted at once.
@@ -102,6 +104,10 @@ class HeadService(Service):
         self.token = self.token or stored_token
         if not stored_token:
             await self.storage.put("meta", "token", self.token.encode())
+        self.cluster_id = meta.get("cluster_id", b"").decode()
+        if not self.cluster_id:  # the cluster's name for good: the same across head restarts
+            self.cluster_id = secrets.token_hex(8)
+            await self.storage.put("meta", "cluster_id", self.cluster_id.encode())
         now = time.time()
         for raw in (await self.storage.load("nodes")).values():
             node = unpack(raw)
@@ -113,8 +119,8 @@ class HeadService(Service):
             self.actors.restore(unpack(raw))
             self.restored = True
         if self.restored:
-            log.warning("head restarted on %s: %d nodes and %d actors restored", self.storage_url,
-                        len(self.nodes), len(self.actors.actors))
+            log.warning("head of cluster %s restarted on %s: %d nodes and %d actors restored", self.cluster_id,
+                        self.storage_url, len(self.nodes), len(self.actors.actors))
 
     def save_node(self, node: dict[str, Any]) -> asyncio.Future[None]:
         """Write a node's record (durable when the future is done)."""
