@@ -35,6 +35,9 @@ from asyncray.exceptions import (
 if TYPE_CHECKING:
     from asyncray._actor.handle import ActorClass
 
+# Ray's name for ObjectRef before 1.0, which Ray 2.x still exports as an alias.
+ObjectID = ObjectRef
+
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 P = ParamSpec("P")
@@ -49,6 +52,7 @@ __all__ = [
     "AsyncRayError",
     "GetTimeoutError",
     "NodeDiedError",
+    "ObjectID",
     "ObjectLostError",
     "ObjectRef",
     "OutOfMemoryError",
@@ -260,12 +264,14 @@ def as_completed(refs: Any, timeout: float | None = None) -> Iterator[ObjectRef[
 def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task behind ``ref``: a pending one never runs, a running one is interrupted.
 
-    ``get`` then raises TaskCancelledError. ``force=True`` ends the worker process.
+    ``get`` then raises TaskCancelledError; a finished task is left alone. Works from any
+    process that holds the ref (the request goes to the ref's owner). ``force=True`` ends
+    the worker process running it. ``recursive=True`` (the default, as in Ray) cancels the
+    tasks it submitted too. Actor calls follow Ray: a queued call never runs, an async
+    actor's running coroutine is cancelled, a running sync call finishes; ``force=True``
+    on an actor call raises ValueError (use ``kill``).
     """
-    if not isinstance(ref, ObjectRef):
-        raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
-    core = require_core("cancel()")
-    core.call_soon(core.tasks.cancel, ref, force)
+    _api.request_cancel(require_core("cancel()"), ref, force, recursive)
 
 
 def get_actor(name: str, namespace: str | None = None) -> Any:

@@ -120,10 +120,7 @@ async def as_completed(refs: Any, timeout: float | None = None) -> AsyncIterator
 
 async def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task behind ``ref`` (see ``asyncray.cancel``)."""
-    if not isinstance(ref, ObjectRef):
-        raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
-    core = require_core("aio.cancel()")
-    core.call_soon(core.tasks.cancel, ref, force)
+    _api.request_cancel(require_core("aio.cancel()"), ref, force, recursive)
 
 
 async def get_actor(name: str, namespace: str | None = None) -> Any:

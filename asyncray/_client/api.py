@@ -95,6 +95,23 @@ def wait_object_refs_kw(refs: Any, kwargs: dict[str, Any]) -> Any:
     return refs
 
 
+def request_cancel(core: Core, ref: Any, force: bool, recursive: bool) -> None:
+    """Check ``cancel()``'s arguments as Ray does, then cancel on the core's loop (it returns at once).
+
+    Raises:
+        TypeError: ``ref`` is not an ObjectRef.
+        ValueError: ``force=True`` for an actor call (it would kill the actor; use ``kill``).
+    """
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef, got {type(ref).__name__}")
+    if force and core.tasks.is_actor_call(ref):
+        raise ValueError(
+            "cancel(force=True) is not supported for actor tasks (as in Ray): it would kill the actor;"
+            " use asyncray.kill(actor) to end the actor, or cancel(ref) to cancel the call"
+        )
+    core.call_soon(core.tasks.cancel, ref, bool(force), bool(recursive))
+
+
 async def cluster_state(core: Core) -> list[m.NodeView]:
     """Every node the head knows, with totals and free resources."""
     state: m.ClusterState = await core.request_head(m.GetClusterState(rid=0))

@@ -296,6 +296,8 @@ class Core(Service):
             self.objects.serve_object(conn, msg)  # type: ignore[arg-type]
         elif t is m.LogLines:
             self._print_logs(msg)  # type: ignore[arg-type]
+        elif t is m.CancelObject:  # we own the object: cancel its task (the asker borrows the ref)
+            self.tasks.on_cancel_request(msg)  # type: ignore[arg-type]
         elif t is m.ReclaimIdle:
             self.tasks.reclaim_idle()
         elif t is m.NodeDead:

@@ -23,13 +23,13 @@ class ObjectRef(Generic[T_co]):
     ref is a borrower and asks the owner for it.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_id", "_objects", "_owner")
+    __slots__ = ("__weakref__", "_id", "_objects", "_owner", "_view")
 
     def __init__(self, object_id: bytes, owner: str, objects: ObjectTable | None) -> None:
         self._id = object_id
         self._owner = owner
         self._objects = objects  # the object table of this process's runtime that counts this ref
-        self._callbacks: dict[Any, Any] | None = None
+        self._view: _FutureView | None = None  # made on first use as an asyncio future
         if objects is not None:
             objects.incref(object_id, owner)
 
@@ -91,6 +91,8 @@ class ObjectRef(Generic[T_co]):
 
     # ---- asyncio's Future protocol, so that ``asyncio.gather(*refs)`` and ``asyncio.wait(refs)``
     # take refs as they are instead of wrapping each in a Task (a visible cost for 10,000 refs).
+    # Cancelling a ref *as a future* (what ``wait_for`` does at its deadline, or a cancelled
+    # ``gather``) stops those waits only: the task goes on, and the ref stays usable.
     _asyncio_future_blocking = False
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -98,24 +100,69 @@ class ObjectRef(Generic[T_co]):
         return asyncio.get_running_loop()
 
     def cancel(self, msg: Any = None) -> bool:
-        """Futures can be cancelled; refs only through ``asyncray.cancel``."""
-        return False
+        """Stop asyncio's waits on this ref (``wait_for``'s deadline, a cancelled ``gather``).
+
+        The task is not cancelled (that is ``asyncray.cancel``): the waiters wake with
+        CancelledError, and a later ``get``/``await`` still returns the value. False when
+        the value is already here.
+        """
+        if self._require_core().is_ready(self):
+            return False
+        view = self._view
+        if view is None:
+            view = self._view = _FutureView()
+        if view.cancelled:
+            return False
+        view.cancelled, view.message = True, msg
+        entries, view.entries = view.entries, []
+        for entry in entries:
+            entry.fire_on_cancel = True
+            entry.ready.cancel()  # its done callback runs the waiter's callback, as a cancelled future's would
+        return True
 
     def done(self) -> bool:
-        """True once the value (or error) is known here."""
-        return self._require_core().is_ready(self)
+        """True once the value (or error) is known here, or while cancelled as a future."""
+        view = self._view
+        return (view is not None and view.cancelled) or self._require_core().is_ready(self)
 
     def cancelled(self) -> bool:
-        """Refs are never cancelled as futures (use ``asyncray.cancel``)."""
-        return False
+        """True after ``cancel()`` stopped asyncio's waits, until the cancellation is read."""
+        view = self._view
+        return view is not None and view.cancelled
+
+    def _take_cancellation(self) -> asyncio.CancelledError | None:
+        """The pending cancellation, consumed: the ref is an ordinary future again afterwards."""
+        view = self._view
+        if view is None or not view.cancelled:
+            return None
+        view.cancelled = False
+        msg, view.message = view.message, None
+        return asyncio.CancelledError(*(() if msg is None else (msg,)))
+
+    def _make_cancelled_error(self) -> asyncio.CancelledError:
+        # asyncio.gather asks a cancelled child for its error with this (private) name.
+        view = self._view
+        msg = view.message if view is not None else None
+        return asyncio.CancelledError(*(() if msg is None else (msg,)))
+
+    @property
+    def _cancel_message(self) -> Any:
+        # asyncio.gather reads a cancelled child's message here.
+        return self._view.message if self._view is not None else None
 
     def result(self) -> T_co:
-        """The value of a done ref (raises its error)."""
+        """The value of a done ref (raises its error, or CancelledError once after ``cancel()``)."""
+        cancelled = self._take_cancellation()
+        if cancelled is not None:
+            raise cancelled
         value: T_co = self._require_core().load(self)
         return value
 
     def exception(self) -> BaseException | None:
         """The error of a done ref, or None (without unpickling a value that is not an error)."""
+        cancelled = self._take_cancellation()
+        if cancelled is not None:
+            raise cancelled
         if not self._require_core().holds_error(self):
             return None
         try:
@@ -125,24 +172,80 @@ class ObjectRef(Generic[T_co]):
         return None
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
-        """Call ``fn(ref)`` on the running loop once the ref is done."""
-        fut = self._require_core().ready_future(self)
-        if self._callbacks is None:
-            self._callbacks = {}
-        self._callbacks[fn] = fut
-        fut.add_done_callback(lambda _f: fn(self))
+        """Call ``fn(ref)`` on the running loop once the ref is done (or cancelled as a future)."""
+        core = self._require_core()
+        view = self._view
+        if view is None:
+            view = self._view = _FutureView()
+        if view.cancelled:  # a cancellation nobody read: this is a new wait, on the value again
+            view.cancelled, view.message = False, None
+        entry = _Callback(fn, core.ready_future(self))
+        view.entries.append(entry)
+
+        def fire(_f: Any) -> None:
+            # Only while still registered: a removed callback never runs.
+            if entry.fire_on_cancel or any(e is entry for e in view.entries):
+                view.entries = [e for e in view.entries if e is not entry]
+                fn(self)
+
+        entry.ready.add_done_callback(fire, context=context)
 
     def remove_done_callback(self, fn: Any) -> int:
-        """Forget a callback added with ``add_done_callback``."""
-        fut = (self._callbacks or {}).pop(fn, None)
-        if fut is not None and not fut.done():
-            fut.cancel()
-            return 1
-        return 0
+        """Forget callbacks added with ``add_done_callback``; returns how many."""
+        view = self._view
+        if view is None:
+            return 0
+        gone = [e for e in view.entries if e.fn == fn]
+        if gone:
+            view.entries = [e for e in view.entries if e.fn != fn]
+            for e in gone:
+                e.ready.cancel()
+        return len(gone)
 
     def future(self) -> concurrent.futures.Future[T_co]:
         """A ``concurrent.futures.Future`` that resolves to the value (or the task's error)."""
         return self._require_core().concurrent_future(self)
+
+    def as_future(self) -> asyncio.Future[T_co]:
+        """An ``asyncio.Future`` on the running loop for the value (Ray's ``ObjectRef.as_future``).
+
+        Cancelling it stops only this wait, not the task (as in Ray).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "ObjectRef.as_future() needs a running event loop; outside one use ref.future()"
+                " (a concurrent.futures.Future) or asyncray.get(ref)"
+            ) from None
+        self._require_core()
+        return loop.create_task(_value_of(self))
+
+
+class _Callback:
+    """One ``add_done_callback`` registration: the function and the readiness future that runs it."""
+
+    __slots__ = ("fire_on_cancel", "fn", "ready")
+
+    def __init__(self, fn: Any, ready: asyncio.Future[None]) -> None:
+        self.fn = fn
+        self.ready = ready
+        self.fire_on_cancel = False  # set by ObjectRef.cancel(): run fn although the future was cancelled
+
+
+class _FutureView:
+    """A ref's state as an asyncio future: its callbacks, and a cancellation not read yet."""
+
+    __slots__ = ("cancelled", "entries", "message")
+
+    def __init__(self) -> None:
+        self.entries: list[_Callback] = []
+        self.cancelled = False
+        self.message: Any = None
+
+
+async def _value_of(ref: ObjectRef[T_co]) -> T_co:
+    return await ref
 
 
 def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef[Any]:

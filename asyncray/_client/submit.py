@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from asyncray import _ids
 from asyncray import _placement as placement
-from asyncray._client.context import current_job_id
+from asyncray._client.context import current_job_id, current_task
 from asyncray._client.links import CoreLinks
 from asyncray._client.objects import ObjectTable
 from asyncray._client.ref import ObjectRef
@@ -50,6 +50,8 @@ IDLE_LEASE_S = 0.005
 RECLAIM_WINDOW_S = 1.0
 # At most this many lease requests in flight per resource shape.
 MAX_LEASE_REQUESTS = 16
+# How long cancel() of a ref owned elsewhere tries to reach that owner.
+CANCEL_FORWARD_TIMEOUT_S = 10.0
 # Finished tasks kept for the next report to the head, at most.
 MAX_EVENTS_PER_REPORT = 20_000
 # Tasks no node can run are retried this often, and fail after the timeout (env var overrides).
@@ -125,6 +127,9 @@ class TaskSubmitter:
         self._running: dict[bytes, tuple[TaskSpec, _Lease]] = {}
         self._by_return: dict[bytes, TaskSpec] = {}  # return id -> its task, until it finishes
         self._live: dict[bytes, TaskSpec] = {}
+        # For recursive cancel: unfinished tasks submitted from inside one of this worker's tasks.
+        self._children: dict[bytes, dict[bytes, TaskSpec]] = {}  # parent task id -> its children
+        self._parent_of: dict[bytes, bytes] = {}  # child task id -> parent task id
         self._finished_events: list[list[Any]] = []
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._reclaim_until = 0.0
@@ -170,6 +175,10 @@ class TaskSubmitter:
         """Queue a task (any thread); returns its refs at once."""
         spec.submitted_at = time.time()
         self._live[spec.task_id] = spec
+        parent = current_task.get()
+        if parent is not None and parent.task_id:  # submitted by a task running here: its child
+            self._parent_of[spec.task_id] = parent.task_id
+            self._children.setdefault(parent.task_id, {})[spec.task_id] = spec
         for rid in spec.return_ids:
             self._by_return[rid] = spec
         refs = self.objects.add_pending(spec.return_ids)
@@ -466,6 +475,8 @@ class TaskSubmitter:
         ``holder`` (the worker that kept them alive meanwhile) that it took them over.
         """
         spec.state = TaskState.FINISHED
+        if self._parent_of:
+            self._forget_child(spec.task_id)
         failed = bool(results) and results[0][0] == ser.ERROR
         if failed and spec.rebuilding:  # the object was lost, and making it again failed too
             results = [ser.error_descriptor(ObjectReconstructionFailedError(
@@ -602,26 +613,78 @@ class TaskSubmitter:
             )
             self.finish(spec, [ser.error_descriptor(error(what))] * len(spec.return_ids))
 
-    def cancel(self, ref: ObjectRef[Any], force: bool) -> None:
-        """Cancel the task that makes ``ref`` (loop thread)."""
+    # ------------------------------------------------------------ cancel
+    def is_actor_call(self, ref: ObjectRef[Any]) -> bool:
+        """True when ``ref`` is the result of an unfinished actor call this process made (any thread)."""
         spec = self._by_return.get(ref.id)
-        if spec is None or spec.state is TaskState.FINISHED:
+        return spec is not None and spec.actor is not None
+
+    def cancel(self, ref: ObjectRef[Any], force: bool, recursive: bool = True) -> None:
+        """Cancel the task that makes ``ref`` (loop thread).
+
+        Only the owner (the process that submitted the task) can: a ref owned elsewhere
+        (passed in to a task or an actor) is forwarded to its owner. A finished task, or a
+        ref from ``put()``, is left alone.
+        """
+        spec = self._by_return.get(ref.id)
+        if spec is not None:
+            self.cancel_spec(spec, force, recursive)
+        elif ref.owner and ref.owner != self.links.address:
+            self.links.spawn(self._forward_cancel(ref.owner, ref.id, force, recursive), "forward-cancel")
+
+    async def _forward_cancel(self, owner: str, object_id: bytes, force: bool, recursive: bool) -> None:
+        msg = m.CancelObject(object_id=object_id, force=force, recursive=recursive)
+        try:
+            conn = self.links.route_to(owner)
+            if conn is None:
+                conn = await asyncio.wait_for(self.links.peer(owner), CANCEL_FORWARD_TIMEOUT_S)
+            conn.send(msg)
+        except (OSError, ConnectionLost, TimeoutError) as exc:
+            # An owner that cannot be reached is gone, and its tasks' results with it.
+            log.info("cancel(): the owner %s of object %s cannot be reached (%s)", owner, object_id.hex(), exc)
+
+    def on_cancel_request(self, msg: m.CancelObject) -> None:
+        """Another process asks us, the owner, to cancel the task behind one of our objects."""
+        spec = self._by_return.get(msg.object_id)
+        if spec is not None:
+            self.cancel_spec(spec, msg.force, msg.recursive)
+
+    def cancel_children(self, parent_task_id: bytes, force: bool) -> None:
+        """Cancel, recursively, the unfinished tasks that ``parent_task_id`` submitted from here."""
+        for spec in list(self._children.get(parent_task_id, {}).values()):
+            self.cancel_spec(spec, force, True)
+
+    def _forget_child(self, task_id: bytes) -> None:
+        parent = self._parent_of.pop(task_id, None)
+        if parent is not None:
+            siblings = self._children.get(parent)
+            if siblings is not None:
+                siblings.pop(task_id, None)
+                if not siblings:
+                    del self._children[parent]
+
+    def cancel_spec(self, spec: TaskSpec, force: bool, recursive: bool) -> None:
+        """Cancel one of our tasks: a queued one fails at once, a running one is interrupted.
+
+        Idempotent: a second cancel sends nothing more (unless it asks for ``force``). A
+        running actor call is never force-cancelled (that would kill the actor; as in Ray).
+        """
+        if spec.state is TaskState.FINISHED or (spec.cancelled and not force):
             return
         spec.cancelled = True
-        err = [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids)
-        if spec.actor is not None and spec.state is TaskState.RUNNING:
-            if self._cancel_actor_call(spec, force):
-                return
+        if spec.actor is not None:
+            if spec.state is TaskState.RUNNING and self._cancel_actor_call(spec, False):
+                return  # the actor answers: cancelled if queued there or async, else the call's own result
         elif spec.state is TaskState.RUNNING:
             item = self._running.get(spec.task_id)
             if item is not None:
-                item[1].conn.send(m.CancelTask(task_id=spec.task_id, force=force))
-            return
+                item[1].conn.send(m.CancelTask(task_id=spec.task_id, force=force, recursive=recursive))
+                return
         if spec.state is TaskState.QUEUED:
             q = self._queues.get(spec.sched_key)
             if q is not None and spec in q.tasks:
                 q.tasks.remove(spec)
-        self.finish(spec, err)
+        self.finish(spec, [ser.error_descriptor(TaskCancelledError(f"task {spec.fn.name} was cancelled"))] * len(spec.return_ids))
 
     def make_spec(
         self,

@@ -662,10 +662,22 @@ class TaskDone(Message):
 @message("cancel_task")
 @dataclass(slots=True)
 class CancelTask(Message):
-    """Interrupt a running task; ``force`` ends the worker process."""
+    """Interrupt a running task; ``force`` ends the worker process; ``recursive`` cancels the
+    tasks it submitted too."""
 
     task_id: bytes
     force: bool = False
+    recursive: bool = True
+
+
+@message("cancel_object")
+@dataclass(slots=True)
+class CancelObject(Message):
+    """To an object's owner: cancel the task that makes it (``asyncray.cancel`` of a borrowed ref)."""
+
+    object_id: bytes
+    force: bool = False
+    recursive: bool = True
 
 
 @message("get_object")

@@ -49,7 +49,6 @@ from asyncray._worker.calls import (
     decode_args,
     failure_descriptor,
     needs_localizing,
-    raise_in_thread,
     run_async,
     run_sync,
     send_done,
@@ -65,6 +64,8 @@ log = logging.getLogger(__name__)
 LAG_PROBE_INTERVAL_S = 0.5
 LAG_SAMPLES = 10
 
+# Ids of calls cancelled before they started, kept at most (a cancel may also come just after a call finished).
+MAX_CANCELLED_UNSEEN = 1000
 # The death cause the head records (and callers read) for an actor that ended itself.
 EXIT_CAUSE = "it exited via exit_actor()"
 # After exit_actor(), calls already running may finish; past this the actor exits anyway, so
@@ -135,6 +136,7 @@ class ActorHost:
         self._semaphores: dict[str, asyncio.Semaphore] = {}  # async actors: "" is the default group
         self._methods: dict[str, tuple[Any, bool, str]] = {}  # name -> (function, is coroutine, group)
         self._running: dict[bytes, Any] = {}  # task id -> asyncio.Task or thread id
+        self._cancelled: dict[bytes, None] = {}  # calls cancelled before they started (an ordered set)
         self._mailbox = Mailbox()
         self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
 
@@ -232,6 +234,9 @@ class ActorHost:
         if self.exiting:
             self._fail(conn, msg, None)
             return
+        if self._cancelled.pop(msg.task_id, 0) is None:  # cancelled while it waited in the mailbox
+            self._fail(conn, msg, TaskCancelledError())
+            return
         try:
             fn, is_coro, group = self._method(msg.method or "")
         except AttributeError as exc:
@@ -248,7 +253,7 @@ class ActorHost:
         if is_coro:
             task = self.core.spawn(self._call_async(conn, msg, fn, self._semaphores[group]), f"actor-call-{msg.name}")
             self._running[msg.task_id] = task
-            task.add_done_callback(lambda _t: self._call_ended(msg.task_id))
+            task.add_done_callback(lambda t: self._call_ended(msg.task_id, conn, msg, t))
             return
         pool = None if self.is_async else self._pools.get(group)
         if pool is not None:
@@ -274,8 +279,10 @@ class ActorHost:
         if self._draining:
             self._maybe_end()
 
-    def _call_ended(self, task_id: bytes) -> None:
+    def _call_ended(self, task_id: bytes, conn: Connection, msg: m.PushTask, task: asyncio.Future[Any]) -> None:
         self._running.pop(task_id, None)
+        if task.cancelled():  # cancelled while it waited for its turn (a running call answers for itself)
+            send_done(conn, task_id, [failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True)
         self._finished()
 
     def _sync_done(self, conn: Connection, task_id: bytes, fut: asyncio.Future[Outcome]) -> None:
@@ -285,6 +292,8 @@ class ActorHost:
     def _call_sync(self, msg: m.PushTask, fn: Any) -> Outcome:
         if self.exiting:
             return self.dead_outcome(msg)
+        if self._cancelled.pop(msg.task_id, 0) is None:  # cancelled while it waited for a thread
+            return [failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, []
         self._running[msg.task_id] = threading.get_ident()
         try:
             return run_sync(self.core, msg, fn, self.actor_id, self.job_id)
@@ -300,14 +309,17 @@ class ActorHost:
         send_done(conn, msg.task_id, *outcome)
 
     def cancel(self, task_id: bytes) -> bool:
-        """Interrupt a running call; True if it was found."""
+        """Cancel a call as Ray does: an async call's coroutine is cancelled, a call that has
+        not started never runs, and a running sync call is left to finish (actors have state).
+        True if the call was running."""
         target = self._running.get(task_id)
         if target is None:
+            self._cancelled[task_id] = None  # skipped when its turn comes
+            if len(self._cancelled) > MAX_CANCELLED_UNSEEN:  # ids of calls that had finished already
+                del self._cancelled[next(iter(self._cancelled))]
             return False
         if isinstance(target, asyncio.Future):
             target.cancel()
-        else:
-            raise_in_thread(target, TaskCancelledError)
         return True
 
     # ------------------------------------------------------------ exit_actor()

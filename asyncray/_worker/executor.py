@@ -7,6 +7,7 @@ one-at-a-time methods come back here to run on the main thread like tasks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 _SyncCall = tuple[Connection, m.PushTask, Any, bytes | None, bytes | None, Callable[[], None] | None]
 
 CANCEL_SIGNAL = signal.SIGUSR1
+# Ids of cancelled tasks not seen yet (their arguments are still being fetched), at most.
+MAX_CANCELLED_UNSEEN = 1000
 
 
 class TaskExecutor:
@@ -52,7 +55,11 @@ class TaskExecutor:
         self._sync_queue: queue.SimpleQueue[_SyncCall | None] = queue.SimpleQueue()
         self._running: dict[bytes, Any] = {}  # task_id -> thread id or asyncio.Task
         self._current_sync: bytes | None = None
-        self._cancelled_queued: set[bytes] = set()
+        # Sync calls queued for the main thread and not started: task id -> where the reply goes.
+        # cancel() takes a call out of here and answers at once; the main thread then skips it.
+        self._waiting: dict[bytes, tuple[Connection, m.PushTask]] = {}
+        self._lock = threading.Lock()  # _waiting and _running move together between threads
+        self._cancelled_queued: dict[bytes, None] = {}  # cancelled before they arrived here (an ordered set)
         self._done: deque[tuple[Any, ...]] = deque()
         self._done_scheduled = False
         self._cancel_requested: bytes | None = None
@@ -70,7 +77,7 @@ class TaskExecutor:
                 return
             self._start_task(conn, msg)
         elif isinstance(msg, m.CancelTask):
-            self.cancel(msg.task_id, msg.force)
+            self.cancel(msg.task_id, msg.force, msg.recursive)
         elif isinstance(msg, m.CreateActor):
             self.core.spawn(self._host_actor(conn, msg), "construct-actor")
 
@@ -90,6 +97,9 @@ class TaskExecutor:
         return fn
 
     def _start_task(self, conn: Connection, msg: m.PushTask) -> None:
+        if self._cancelled_queued.pop(msg.task_id, 0) is None:  # cancelled while its arguments were fetched
+            self._reply_cancelled(conn, msg)
+            return
         if needs_localizing(self.core, msg):
             self.core.spawn(self._localize_then_start(conn, msg), "localize-task")
             return
@@ -101,9 +111,19 @@ class TaskExecutor:
         if inspect.iscoroutinefunction(fn):
             task = self.core.spawn(self._run_async(conn, msg, fn), f"task-{msg.name}")
             self._running[msg.task_id] = task
-            task.add_done_callback(lambda _t: self._running.pop(msg.task_id, None))
+            task.add_done_callback(functools.partial(self._async_ended, conn, msg))
         else:
-            self._sync_queue.put((conn, msg, fn, None, None, None))
+            self._queue_sync((conn, msg, fn, None, None, None))
+
+    def _async_ended(self, conn: Connection, msg: m.PushTask, task: asyncio.Future[Any]) -> None:
+        self._running.pop(msg.task_id, None)
+        if task.cancelled():  # cancelled before its coroutine began (it answers for itself once running)
+            self._reply_cancelled(conn, msg)
+
+    def _queue_sync(self, item: _SyncCall) -> None:
+        with self._lock:
+            self._waiting[item[1].task_id] = (item[0], item[1])
+        self._sync_queue.put(item)
 
     def run_on_main_thread(
         self, conn: Connection, msg: m.PushTask, fn: Any, actor_id: bytes | None, job_id: bytes | None,
@@ -113,21 +133,39 @@ class TaskExecutor:
 
         ``after`` runs on the loop once the reply is sent.
         """
-        self._sync_queue.put((conn, msg, fn, actor_id, job_id, after))
+        self._queue_sync((conn, msg, fn, actor_id, job_id, after))
 
     async def _localize_then_start(self, conn: Connection, msg: m.PushTask) -> None:
         await self.core.objects.localize([*msg.args, *msg.kwargs.values()])
         self._start_task(conn, msg)
 
-    def cancel(self, task_id: bytes, force: bool) -> None:
-        """Interrupt a running task; ``force`` ends this worker process."""
-        if force:
-            os._exit(1)
-        if self.actor_host is not None and self.actor_host.cancel(task_id):
+    def cancel(self, task_id: bytes, force: bool, recursive: bool = True) -> None:
+        """Cancel a task pushed here: one still queued is answered at once and never runs; a
+        running one is interrupted (``force``: this worker process ends). ``recursive``: the
+        tasks it submitted are cancelled first (this process owns them).
+
+        A running call of a sync or threaded actor is not interrupted (actors have state, as
+        in Ray); an async actor's coroutine is cancelled.
+        """
+        if recursive:
+            self.core.tasks.cancel_children(task_id, force)
+        with self._lock:
+            waiting = self._waiting.pop(task_id, None)
+            target = self._running.get(task_id) if waiting is None else None
+        if waiting is not None:  # queued for the main thread: it skips the call when it comes to it
+            self._reply_cancelled(*waiting)
             return
-        target = self._running.get(task_id)
+        host = self.actor_host
+        if host is not None:
+            if target is None:  # not on the main thread: the host's (a coroutine, or not started yet)
+                host.cancel(task_id)
+            return
         if target is None:
-            self._cancelled_queued.add(task_id)  # still queued behind another task: skip it
+            self._note_cancelled(task_id)  # its arguments are still on their way: skip it once here
+            return
+        if force:
+            # After this loop iteration, so that cancels of its children go out first.
+            self.loop.call_soon(os._exit, 1)
             return
         if isinstance(target, asyncio.Future):
             target.cancel()
@@ -138,6 +176,14 @@ class TaskExecutor:
             signal.pthread_kill(target, CANCEL_SIGNAL)
         else:
             raise_in_thread(target, TaskCancelledError)
+
+    def _note_cancelled(self, task_id: bytes) -> None:
+        self._cancelled_queued[task_id] = None
+        if len(self._cancelled_queued) > MAX_CANCELLED_UNSEEN:  # ids of tasks that had finished already
+            del self._cancelled_queued[next(iter(self._cancelled_queued))]
+
+    def _reply_cancelled(self, conn: Connection, msg: m.PushTask) -> None:
+        send_done(conn, msg.task_id, *_cancelled(msg))
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
         if self._cancel_requested is not None and self._cancel_requested == self._current_sync:
@@ -161,21 +207,33 @@ class TaskExecutor:
                 return
             conn, msg, fn, actor_id, job_id, after = item
             host = self.actor_host
-            if msg.task_id in self._cancelled_queued:
-                self._cancelled_queued.discard(msg.task_id)
-                outcome: Outcome = ([failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, [])
-            elif actor_id is not None and host is not None and host.exiting:  # queued behind exit_actor()
+            tid = msg.task_id
+            with self._lock:
+                queued = self._waiting.pop(tid, None) is not None  # else cancel() answered it already
+                skip = self._cancelled_queued.pop(tid, 0) is None
+                exiting = actor_id is not None and host is not None and host.exiting  # queued behind exit_actor()
+                if queued and not skip and not exiting:
+                    self._running[tid] = ident
+                    self._current_sync = tid
+            outcome: Outcome | None
+            if not queued:
+                outcome = None
+            elif skip:
+                outcome = _cancelled(msg)
+            elif exiting:
+                assert host is not None
                 outcome = host.dead_outcome(msg)
             else:
-                self._running[msg.task_id] = ident
-                self._current_sync = msg.task_id
                 try:
                     outcome = run_sync(self.core, msg, fn, actor_id, job_id)
+                except TaskCancelledError:  # the cancel signal landed just after the call returned
+                    outcome = _cancelled(msg)
                 finally:
                     self._current_sync = None
-                    self._running.pop(msg.task_id, None)
-            # One wake-up of the loop per batch of finished tasks, not one per task.
-            self._done.append((after, conn, msg.task_id, *outcome))
+                    self._running.pop(tid, None)
+            # One wake-up of the loop per batch of finished tasks, not one per task (no reply
+            # for a call cancel() answered; ``after`` runs all the same).
+            self._done.append((after, conn if outcome is not None else None, tid, *(outcome or ())))
             del outcome, item, fn, after  # refs in the result must not live on in this frame
             if not self._done_scheduled:
                 self._done_scheduled = True
@@ -186,7 +244,8 @@ class TaskExecutor:
         done = self._done
         while done:
             after, *reply = done.popleft()
-            send_done(*reply)
+            if reply[0] is not None:
+                send_done(*reply)
             if after is not None:
                 after()
 
@@ -202,3 +261,6 @@ class TaskExecutor:
         send_done(conn, msg.task_id, [desc] * len(msg.return_ids), True)
 
 
+def _cancelled(msg: m.PushTask) -> Outcome:
+    """The reply for a call that was cancelled."""
+    return [failure_descriptor(TaskCancelledError(), msg.name)] * len(msg.return_ids), True, 0.0, []
