@@ -72,3 +72,51 @@ def test_an_unknown_state_kind_is_refused_where_it_is_made():
     with pytest.raises(ValueError, match="unknown state kind 'taks'; one of nodes, workers, tasks"):
         m.GetState(rid=0, kind="taks")  # type: ignore[arg-type]
     assert m.GetState(rid=0, kind="tasks").kind is m.StateKind.TASKS  # type: ignore[arg-type]
+
+
+async def test_a_request_whose_handler_fails_gets_an_error_not_silence(tmp_path):
+    """A bug on the serving side must not leave a live requester waiting forever: the failure
+    comes back as the reply, and the connection stays up for the next request."""
+    from asyncray._wire.connection import RemoteCallError
+
+    def handler(conn: Connection, msg: m.Message) -> None:
+        if isinstance(msg, m.GetClusterState):
+            raise KeyError("a bug in the handler")
+        conn.reply(msg.rid, {"ok": True})  # type: ignore[attr-defined]
+
+    server, address = await serve(f"unix:{tmp_path}/s.sock", handler, token="t", name="buggy")
+    client = await connect(address, None, role="driver", token="t", name="client")
+    try:
+        with pytest.raises(RemoteCallError, match="GetClusterState failed on the other side: KeyError"):
+            await asyncio.wait_for(client.request(m.GetClusterState(rid=0)), 5)
+        assert await asyncio.wait_for(client.request(m.GetNodeInfo(rid=0)), 5) == {"ok": True}
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_connecting_to_a_peer_that_never_answers_times_out():
+    """A SYN nobody answers would wait for the kernel's two minutes: connect() gives up sooner."""
+    import socket
+    import time
+
+    # A listening socket whose backlog is full and that never accepts: later SYNs are not answered.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    host, port = listener.getsockname()
+    fillers = []
+    try:
+        for _ in range(8):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((host, port))
+            fillers.append(s)
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError, match="timed out after 0.5 s"):
+            await connect(f"{host}:{port}", None, role="driver", token="t", timeout=0.5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()

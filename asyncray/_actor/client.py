@@ -295,7 +295,11 @@ class ActorClient:
                 tasks.finish(spec, [ser.error_descriptor(gone)] * len(spec.return_ids))
         ch.incarnation = entry.incarnation
         ch.pid, ch.node_id = entry.pid, entry.node_id
-        ch.conn = await links.peer(entry.address)
+        try:
+            ch.conn = await links.peer(entry.address)
+        except (OSError, ConnectionLost) as exc:  # its new life is gone already: ask the head again
+            log.info("actor %s: its new worker cannot be reached (%s)", ch.class_name, exc)
+            ch.conn = None
         ch.address = entry.address
         self._flush(ch)
 

@@ -129,6 +129,7 @@ class Core(Service):
             self.node_address, self._on_message, role=self.role, token=self.token,
             peer_id=self.worker_id, name=f"{self.role}->node", on_close=self._on_node_close,
         )
+        self.node.keep_alive(PEER_KEEPALIVE_S, peer_timeout_s())  # a frozen node fails what waits on it
         await self.head_link.open()
         if self.role == "driver" and self.log_to_driver:
             self.node.send(m.SubscribeLogs())
@@ -311,8 +312,10 @@ class Core(Service):
         A silent (frozen) node keeps its sockets open; waiting for them to close would wait
         forever. Connections to its processes are aborted, so every request on them fails.
         """
-        if msg.node_id == self.node_id:
-            return  # our own node: our connection to it says so, and we go with it
+        if msg.node_id == self.node_id:  # our own node (maybe frozen): what waits on it fails now
+            if self.node is not None:
+                self.node.abort()
+            return
         self.tasks.node_died(msg.node_id, msg.cause)
         self.actors.node_died(msg.node_id)
         self.tasks.rebuild_lost(msg.node_id, msg.cause)

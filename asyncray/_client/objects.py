@@ -41,6 +41,9 @@ RESERVE_TIMEOUT_S = 10.0
 # An object we own whose copy could not be fetched: how long to wait for it to be found
 # elsewhere or rebuilt (its node's death reaches us within the node timeout) before giving up.
 RECOVER_WAIT_S = 30.0
+# The longest a blocking get waits for a copy from another node (a stalled transfer gives up
+# after 60 s without data; then the recovery above): past this, the object counts as lost.
+LOCALIZE_TIMEOUT_S = 60.0 + RECOVER_WAIT_S + 10.0
 RECOVER_POLL_S = 0.2
 
 
@@ -512,7 +515,12 @@ class ObjectTable:
         if ser.is_remote(desc, self.store):
             if self.links.on_loop_thread():
                 raise RuntimeError("a remote object must be localized (await core.localize) before loading on the loop")
-            self.links.run_coroutine(self.localize([desc])).result()
+            try:
+                self.links.run_coroutine(self.localize([desc])).result(LOCALIZE_TIMEOUT_S)
+            except concurrent.futures.TimeoutError:
+                raise ObjectLostError(
+                    f"object {ref.hex()} could not be copied to this node in {LOCALIZE_TIMEOUT_S:g} s"
+                ) from None
         return ser.load_descriptor(desc, self.store)
 
     async def localize(self, descs: Iterable[list[Any]]) -> None:
@@ -554,7 +562,7 @@ class ObjectTable:
                 continue
             try:
                 if ser.is_remote(current, self.store):
-                    await self._fetch_copy(current)
+                    await asyncio.wait_for(self._fetch_copy(current), max(0.1, deadline - loop.time()))
             except Exception as exc:
                 log.debug("object %s: copy failed again (%s)", desc[1].hex(), exc)
                 continue
@@ -580,7 +588,7 @@ class ObjectTable:
             if fresh[:4] != desc[:4]:  # moved, or failed for good: the owner's word stands
                 try:
                     if ser.is_remote(fresh, self.store):
-                        await self._fetch_copy(fresh)
+                        await asyncio.wait_for(self._fetch_copy(fresh), max(0.1, deadline - loop.time()))
                 except Exception as exc:
                     log.debug("object %s: the owner's new copy failed too (%s)", desc[1].hex(), exc)
                 else:

@@ -360,8 +360,13 @@ class ActorManager:
             conn = await connect(
                 grant.address, None, role="head", token=self.head.token,
                 name=f"head->actor-{_ids.short(rec.actor_id)}",
-                on_close=lambda c: self._lost(rec, c),
+                on_close=lambda c: self._lost(rec, c), timeout=REATTACH_TIMEOUT_S,
             )
+        except OSError as exc:  # the granted worker died before we reached it: a lost actor
+            log.info("actor %s: its worker at %s cannot be reached (%s)", _ids.short(rec.actor_id), grant.address, exc)
+            self.head.spawn(self._after_loss(rec), "actor-lost")
+            return
+        try:
             conn.keep_alive(PEER_KEEPALIVE_S, peer_timeout_s())  # a frozen actor worker is lost, not waited on
             rec.conn = conn
             result = await conn.request(

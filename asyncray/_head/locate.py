@@ -28,6 +28,8 @@ async def locate_head(spec: str) -> str:
         storage = await open_storage(spec)
         try:
             meta = await storage.load("meta")
+        except Exception as exc:  # a backend's own error types (redis) say "unreachable" here
+            raise ConnectionError(f"cannot read the head's address from {spec}: {exc}") from exc
         finally:
             await storage.close()
         address = meta.get("address", b"").decode()

@@ -40,6 +40,8 @@ def head_timeout_s() -> float:
 # owners it borrows from). Generous: a busy worker answers from its loop thread, but C code
 # that holds the GIL for long could delay it.
 PEER_KEEPALIVE_S = 1.0
+# Opening a connection: past this, the peer is taken for unreachable.
+CONNECT_TIMEOUT_S = 10.0
 # On connections a process accepted (from drivers, workers, nodes): a slower ping, same silence limit.
 ACCEPTED_KEEPALIVE_S = 5.0
 DEFAULT_PEER_TIMEOUT_S = 30.0
@@ -190,8 +192,11 @@ class Connection(asyncio.Protocol):
                 continue
             try:
                 self.handler(self, msg)
-            except Exception:
+            except Exception as exc:
                 log.exception("handler failed on %s for %s", self.name, type(msg).__name__)
+                rid = getattr(msg, "rid", 0)
+                if rid:  # the asker is alive and would wait forever for an answer that never comes
+                    self.reply(rid, error=f"{type(msg).__name__} failed on the other side: {type(exc).__name__}: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -293,8 +298,10 @@ async def connect(
     listen_address: str = "",
     name: str = "",
     on_close: Callable[[Connection], None] | None = None,
+    timeout: float = CONNECT_TIMEOUT_S,
 ) -> Connection:
-    """Open a connection and send the Hello frame."""
+    """Open a connection (within ``timeout``: a peer that does not answer a SYN would
+    otherwise take the kernel's two minutes) and send the Hello frame."""
     loop = asyncio.get_running_loop()
     family, target = parse_address(address)
 
@@ -303,12 +310,15 @@ async def connect(
         conn.state["address"] = address  # who is at the other end (it sends us no Hello)
         return conn
 
-    if family == "unix":
-        assert isinstance(target, str)
-        _, conn = await loop.create_unix_connection(factory, target)
-    else:
-        assert isinstance(target, tuple)
-        _, conn = await loop.create_connection(factory, target[0], target[1])
+    try:
+        if family == "unix":
+            assert isinstance(target, str)
+            _, conn = await asyncio.wait_for(loop.create_unix_connection(factory, target), timeout)
+        else:
+            assert isinstance(target, tuple)
+            _, conn = await asyncio.wait_for(loop.create_connection(factory, target[0], target[1]), timeout)
+    except TimeoutError:
+        raise ConnectionError(f"connecting to {address} timed out after {timeout:g} s") from None
     conn.send(Hello(role=role, token=token, peer_id=peer_id, address=listen_address))
     return conn
 

@@ -368,10 +368,18 @@ class ActorHost:
         threading.Thread(target=self._exit_process, name="asyncray-actor-exit", daemon=True).start()
 
     def _exit_process(self) -> None:
-        try:
-            atexit._run_exitfuncs()  # what a normal interpreter exit runs (it reports their errors)
-        except BaseException:
-            log.exception("atexit handlers of actor %s failed", self.class_name)
+        def run_atexit() -> None:
+            try:
+                atexit._run_exitfuncs()  # what a normal interpreter exit runs (it reports their errors)
+            except BaseException:
+                log.exception("atexit handlers of actor %s failed", self.class_name)
+
+        handlers = threading.Thread(target=run_atexit, name="asyncray-atexit", daemon=True)
+        handlers.start()
+        handlers.join(EXIT_REPORT_TIMEOUT_S)  # a handler that never returns must not keep the actor up
+        if handlers.is_alive():
+            log.warning("atexit handlers of actor %s still run after %g s; exiting anyway",
+                        self.class_name, EXIT_REPORT_TIMEOUT_S)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

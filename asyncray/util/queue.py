@@ -15,6 +15,10 @@ from typing import Any
 import asyncray
 from asyncray._client.ref import ObjectRef
 
+# How long past a call's own timeout the caller waits for the queue actor's answer (an actor
+# that is being placed or restarted); then ``get`` raises GetTimeoutError.
+ANSWER_GRACE_S = 30.0
+
 
 class Empty(_stdlib_queue.Empty):
     """``get`` found nothing (non-blocking, or the timeout passed)."""
@@ -126,7 +130,7 @@ class Queue:
         Raises:
             Full: no room without blocking, or still none after ``timeout``.
         """
-        _get(self._put_ref(item, block, timeout))
+        _get(self._put_ref(item, block, timeout), timeout if block else 0.0)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest item.
@@ -136,7 +140,7 @@ class Queue:
         Raises:
             Empty: nothing there without blocking, or still nothing after ``timeout``.
         """
-        return _get(self._get_ref(block, timeout))
+        return _get(self._get_ref(block, timeout), timeout if block else 0.0)
 
     async def put_async(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """``put`` for async code."""
@@ -224,9 +228,11 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"'timeout' must be a non-negative number, got {timeout!r}")
 
 
-def _get(ref: ObjectRef[Any]) -> Any:
+def _get(ref: ObjectRef[Any], timeout: float | None = None) -> Any:
+    """The queue actor's answer; ``timeout`` (the caller's, counted in the actor) plus a grace
+    bounds the wait here too, for an actor that is gone or not placed yet."""
     try:
-        return asyncray.get(ref)
+        return asyncray.get(ref, timeout=None if timeout is None else timeout + ANSWER_GRACE_S)
     except (Empty, Full) as exc:
         raise _plain(exc) from None
     except BaseException:
