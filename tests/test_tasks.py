@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+from conftest import is_running, wait_for
 
 import asyncray
 from asyncray import exceptions as exc
@@ -365,3 +366,20 @@ def test_a_function_too_large_to_ship_fails_at_the_call_site(ray):
         uses_big.remote()
     assert time.monotonic() - t0 < 10
     assert ray.get(add.remote(1, 2)) == 3  # nothing leaked: the runtime goes on
+
+
+def test_max_calls_replaces_the_worker_after_that_many_calls(ray):
+    """As in Ray: a worker runs at most max_calls calls of the function, then a fresh one
+    takes over (its resources come back, so the next calls run)."""
+
+    @asyncray.remote(max_calls=2)
+    def whose():
+        return os.getpid()
+
+    pids = [ray.get(whose.remote(), timeout=30) for _ in range(6)]
+    assert all(pids.count(p) <= 2 for p in pids), pids
+    assert len(set(pids)) >= 3, pids
+    for p in set(pids[:-2]):  # the replaced workers are gone
+        assert wait_for(lambda p=p: not is_running(p), 10), p
+    burst = ray.get([whose.remote() for _ in range(8)], timeout=60)  # also when submitted at once
+    assert all(burst.count(p) <= 2 for p in burst), burst

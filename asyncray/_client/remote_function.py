@@ -99,6 +99,7 @@ class RemoteFunction(Generic[P, R]):
             max_retries=DEFAULT_MAX_RETRIES if max_retries is None else (10**9 if max_retries == -1 else max_retries),
             retry_exceptions=opts.get("retry_exceptions") or False,
             strategy=strategy_of(opts),
+            max_calls=opts.get("max_calls") or 0,
         )
         refs: list[ObjectRef[Any]] = core.tasks.submit(spec)
         if num_returns == 1:

@@ -73,7 +73,8 @@ MIN_SAMPLES_TO_PIPELINE = 5
 
 class _Lease:
     __slots__ = (
-        "address", "conn", "idle_since", "inflight", "lease_id", "node_conn", "node_id", "pid", "queue", "worker_id",
+        "address", "conn", "idle_since", "inflight", "lease_id", "node_conn", "node_id", "pid", "queue", "retire",
+        "worker_id",
     )
 
     def __init__(self, grant: m.LeaseGrant, conn: Connection, queue: _SchedQueue, node_conn: Connection) -> None:
@@ -87,6 +88,7 @@ class _Lease:
         self.queue = queue
         self.inflight = 0
         self.idle_since = 0.0
+        self.retire = False  # a function's max_calls is reached: no more tasks; the worker goes when idle
 
 
 class _SchedQueue:
@@ -134,6 +136,8 @@ class TaskSubmitter:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._reclaim_until = 0.0
         self._spread_next = 0
+        # max_calls: calls of such functions given to each worker (by worker id), across leases.
+        self._worker_calls: dict[bytes, dict[bytes, int]] = {}
         self._view: list[m.NodeView] = []
         self._view_at = 0.0
 
@@ -355,7 +359,7 @@ class TaskSubmitter:
         """
         tasks = lease.queue.tasks
         depth = 1 if lease.queue.strategy is not None else PIPELINE_DEPTH  # SPREAD means one each
-        while tasks:
+        while tasks and not lease.retire:
             nxt = tasks[0].fn
             short = nxt.samples >= MIN_SAMPLES_TO_PIPELINE and nxt.avg_s < SHORT_TASK_S
             if lease.inflight and not (
@@ -367,6 +371,10 @@ class TaskSubmitter:
 
     def _push(self, lease: _Lease, spec: TaskSpec) -> None:
         lease.inflight += 1
+        if spec.max_calls:  # Ray's max_calls: the worker is replaced after that many calls of it
+            calls = self._worker_calls.setdefault(lease.worker_id, {})
+            n = calls[spec.fn.fn_id] = calls.get(spec.fn.fn_id, 0) + 1
+            lease.retire = lease.retire or n >= spec.max_calls
         spec.started_at = time.time()
         spec.node_id = lease.node_id
         spec.state = TaskState.RUNNING
@@ -391,6 +399,13 @@ class TaskSubmitter:
 
     def _lease_free(self, lease: _Lease) -> None:
         q = lease.queue
+        if lease.retire:
+            if not lease.inflight:  # its last call is back: end the worker, free its resources
+                self._worker_calls.pop(lease.worker_id, None)
+                if lease.node_conn.is_open:
+                    lease.node_conn.send(m.ReturnLease(lease_id=lease.lease_id, kill=True))
+                self._pump(q)
+            return
         if q.tasks:
             self._fill(lease)
             return
@@ -594,8 +609,11 @@ class TaskSubmitter:
             idle += [lz for lz in q.idle if gone(lz)]
             q.idle = [lz for lz in q.idle if not gone(lz)]
         lost = [(s, lz) for s, lz in self._running.values() if gone(lz)]
-        for spec, _lease in lost:
+        for spec, lease in lost:
             self._running.pop(spec.task_id, None)
+            self._worker_calls.pop(lease.worker_id, None)
+        for lease in idle:
+            self._worker_calls.pop(lease.worker_id, None)
         return lost, idle
 
     def _retry_or_fail(self, spec: TaskSpec, where: str, error: Callable[[str], Exception]) -> None:
@@ -697,6 +715,7 @@ class TaskSubmitter:
         max_retries: int,
         retry_exceptions: Any,
         strategy: Any = None,
+        max_calls: int = 0,
     ) -> TaskSpec:
         """Pickle arguments in the caller's thread (errors name the argument) and build the spec."""
         from asyncray._client.task_spec import encode_args
@@ -707,7 +726,7 @@ class TaskSubmitter:
             task_id=task_id, fn=fn, args=arg_descs, kwargs=kw_descs, deps=deps,
             return_ids=[_ids.return_id(task_id, i) for i in range(num_returns)],
             resources=resources, max_retries=max_retries, retry_exceptions=retry_exceptions, strategy=strategy,
-            job_id=current_job_id(self.links.job_id),
+            job_id=current_job_id(self.links.job_id), max_calls=max_calls,
         )
 
 

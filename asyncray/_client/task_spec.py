@@ -186,6 +186,7 @@ class TaskSpec:
     resources: dict[str, float]
     max_retries: int = 3
     retry_exceptions: Any = False
+    max_calls: int = 0  # a worker runs at most this many calls of the function, then is replaced (0: no limit)
     attempt: int = 0
     cancelled: bool = False
     state: TaskState = TaskState.SUBMITTED
