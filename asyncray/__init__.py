@@ -161,6 +161,11 @@ def remote(*args: Any, **options: Any) -> Any:
             f" options (@asyncray.remote(num_cpus=2)), got {len(args)} positional argument(s)"
             + (f" and options {sorted(options)}" if options else "")
         )
+    if not options:  # Ray refuses it too: it is a slip for @remote or @remote(num_cpus=...)
+        raise TypeError(
+            "@asyncray.remote() with empty parentheses: write @asyncray.remote, or give options, "
+            "e.g. @asyncray.remote(num_cpus=2)"
+        )
     # Names are checked now, for an early error; values once we know a function from a class.
     _options.check_names(options, _options.TASK_OPTIONS | _options.ACTOR_OPTIONS, "@asyncray.remote")
     return _RemoteDecorator(options)
@@ -201,7 +206,7 @@ def method(*args: Any, **options: Any) -> Any:
 
 def put(value: T) -> ObjectRef[T]:
     """Store a value in the object store; returns its ObjectRef."""
-    ref: ObjectRef[T] = require_core("put()").objects.put(value)
+    ref: ObjectRef[T] = require_core("put()", auto_init=True).objects.put(value)
     return ref
 
 
@@ -217,7 +222,7 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
         TaskError: the task raised; also an instance of the original exception class.
         RuntimeError: called from asyncray's own event loop; use ``await asyncray.aio.get``.
     """
-    core = require_core("get()")
+    core = require_core("get()", auto_init=True)
     lst, single = _api.check_refs(refs, "get")
     if not core.objects.block_until_ready(lst, len(lst), timeout, "get"):
         missing = sum(1 for r in lst if not core.objects.is_ready(r))
@@ -236,7 +241,7 @@ def wait(
     """
     refs = _api.wait_object_refs_kw(refs, kwargs)
     lst = _api.check_wait(refs, num_returns, timeout)
-    core = require_core("wait()")
+    core = require_core("wait()", auto_init=True)
     core.objects.block_until_ready(lst, num_returns, timeout, "wait")
     return core.objects.split_ready(lst, num_returns)
 

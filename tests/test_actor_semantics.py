@@ -541,7 +541,7 @@ def test_subclassing_an_actor_class_says_what_to_do_instead():
     class Base:
         LIMIT = 3
 
-    with pytest.raises(asyncray.actor.ActorClassInheritanceException, match="inheriting from actor classes is not allowed"):
+    with pytest.raises(asyncray.actor.ActorClassInheritanceException, match="Inheriting from actor classes is not currently supported"):
         class Derived(Base):
             pass
     assert issubclass(asyncray.actor.ActorClassInheritanceException, TypeError)

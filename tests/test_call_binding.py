@@ -148,12 +148,15 @@ def test_a_call_that_does_not_bind_raises_the_local_type_error_at_remote(ray, fn
     assert str(info.value) == expected
 
 
-def test_binding_is_checked_before_init(ray):
-    # The check needs no runtime: the same error whether or not one is running.
+def test_binding_is_checked_before_init(ray, monkeypatch):
+    # The check needs no runtime: the same error whether or not one is running (and a call
+    # that cannot bind does not start one: auto-init comes after the check).
     asyncray.shutdown()
+    monkeypatch.setenv("ASYNCRAY_AUTO_INIT", "0")
     try:
         with pytest.raises(TypeError, match=r"positional\(\) missing 1 required positional argument: 'b'"):
             remote_positional.remote(1)
+        assert not asyncray.is_initialized()
         with pytest.raises(RuntimeError, match="init"):
             remote_positional.remote(1, 2)
     finally:
@@ -299,7 +302,7 @@ TASK_OPTION_ERRORS = [
     ("resources", [("foo", 1)], TypeError, r"resources must be a dict"),
     ("resources", {"CPU": 1}, ValueError, r"use num_cpus/num_gpus"),
     ("num_returns", -1, ValueError, r"num_returns must be an int >= 0"),
-    ("num_returns", 1.5, TypeError, r"num_returns must be an int"),
+    ("num_returns", 1.5, ValueError, r"The keyword 'num_returns' only accepts 0 or a positive integer"),
     ("num_returns", "streaming", ValueError, r"num_returns='streaming' .*not supported"),
     ("max_retries", -2, ValueError, r"max_retries must be an int >= -1"),
     ("max_retries", "3", TypeError, r"max_retries must be an int"),
@@ -326,7 +329,7 @@ ACTOR_OPTION_ERRORS = [
     ("max_retries", 1, ValueError, r"max_retries applies to remote functions only"),
     ("num_cpus", "x", TypeError, r"num_cpus must be a number"),
     ("max_restarts", -2, ValueError, r"max_restarts must be an int >= -1"),
-    ("max_task_retries", 1.0, TypeError, r"max_task_retries must be an int"),
+    ("max_task_retries", 1.0, ValueError, r"The keyword 'max_task_retries' only accepts -1, 0 or a positive integer"),
     ("max_concurrency", 0, ValueError, r"max_concurrency must be an int >= 1"),
     ("lifetime", "forever", ValueError, r"lifetime must be 'detached' or 'non_detached'"),
     ("lifetime", True, TypeError, r"lifetime must be"),
@@ -377,7 +380,7 @@ def test_method_options_are_validated_at_decoration():
         asyncray.method(max_restarts=2)
     with pytest.raises(ValueError, match=r"num_returns must be an int >= 0"):
         asyncray.method(num_returns=-1)
-    with pytest.raises(TypeError, match=r"num_returns must be an int"):
+    with pytest.raises(ValueError, match=r"num_returns must be an int"):  # a number, not an int: Ray's ValueError
         asyncray.method(num_returns=2.0)
     with pytest.raises(ValueError, match=r"num_returns='dynamic' .*not supported"):
         asyncray.method(num_returns="dynamic")

@@ -30,9 +30,20 @@ def test_second_init_raises_and_ignore_reinit_error():
     assert not asyncray.is_initialized()
 
 
-def test_api_before_init_says_what_to_do():
+def test_api_before_init_starts_a_runtime_as_ray_does(monkeypatch):
+    """put/get/wait/.remote() before init() start the embedded runtime (Ray's auto-init);
+    with ASYNCRAY_AUTO_INIT=0 they say what to do instead."""
+    monkeypatch.setenv("ASYNCRAY_AUTO_INIT", "0")
     with pytest.raises(RuntimeError, match=r"asyncray\.init\(\)"):
         asyncray.put(1)
+    monkeypatch.delenv("ASYNCRAY_AUTO_INIT")
+    try:
+        assert asyncray.get(asyncray.put(41)) == 41
+        assert asyncray.is_initialized()
+    finally:
+        asyncray.shutdown()
+    with pytest.raises(RuntimeError, match=r"asyncray\.init\(\)"):
+        asyncray.nodes()  # not the calls Ray auto-inits for
 
 
 def test_bad_init_keyword():

@@ -306,12 +306,14 @@ def test_bad_actor_options_are_refused(ray):
 def test_shutdown_ends_the_actor_once(ray, force):
     q = Queue()
     q.put("dropped")
+    actor = q.actor
     t0 = time.monotonic()
     q.shutdown(force=force, grace_period_s=5)
     assert time.monotonic() - t0 < 10
+    assert q.actor is None  # as in Ray: the queue lets go of its actor
     # The actor is gone: a call straight to it fails.
     with pytest.raises(ActorDiedError):
-        asyncray.get(q.actor.qsize.remote(), timeout=30)
+        asyncray.get(actor.empty.remote(), timeout=30)
     q.shutdown()  # again: does nothing
     q.shutdown(force=True)
     for use in (q.size, q.empty, lambda: q.put(1), q.get_nowait, lambda: q.get_nowait_batch(1)):

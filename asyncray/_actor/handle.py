@@ -99,14 +99,18 @@ class ActorClass(Generic[C]):
             raise AttributeError(name)
         return getattr(cls, name)
 
+    def __dir__(self) -> list[str]:
+        # Autocomplete shows the class's own attributes beside remote/options, as Ray's does.
+        return sorted(set(super().__dir__()) | {n for n in dir(self._cls) if not n.startswith("_")})
+
     def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
         # ``class B(A)`` with A decorated: Python asks this object for real bases; refuse with
         # Ray's exception and say what works instead.
         from asyncray.exceptions import ActorClassInheritanceException
 
         raise ActorClassInheritanceException(
-            f"Attempted to define a subclass of the actor class {self._cls.__name__}; inheriting from actor classes"
-            f" is not allowed. Inherit from the plain class instead and make the subclass an actor with"
+            f"Attempted to define a subclass of the actor class {self._cls.__name__}. Inheriting from actor classes"
+            f" is not currently supported (Ray's words); inherit from the plain class instead and make the subclass an actor with"
             f" @asyncray.remote (the plain class is {self._cls.__name__}.__asyncray_class__ if the decorated name"
             " is all you have)."
         )
@@ -143,7 +147,7 @@ class ActorClass(Generic[C]):
         if check is None:
             check = self._check = constructor_check(self._cls)
         check(args, kwargs)  # bad constructor arguments fail here, not in the actor's worker
-        core = require_core(f"{self._cls.__name__}.remote()")
+        core = require_core(f"{self._cls.__name__}.remote()", auto_init=True)
         if self._blob is None or self._blob_core is not core:
             self._blob = FunctionDescriptor.of(self._cls, f"actor class {self._cls.__name__}")
             self._blob_core = core
@@ -233,6 +237,10 @@ class ActorHandle(Generic[C]):
         if "retry_exceptions" in info:
             opts["retry_exceptions"] = info["retry_exceptions"]
         return ActorMethod(self, name, opts)
+
+    def __dir__(self) -> list[str]:
+        # What can be called on it, for autocomplete (as Ray lists it).
+        return sorted({*self._meta["methods"], "__init__", "__ray_terminate__"})
 
     def _call_check(self, name: str) -> CallCheck:
         check = self._checks.get(name)

@@ -141,6 +141,8 @@ def sum_resources(nodes: list[m.NodeView], field: str) -> dict[str, float]:
             amounts: dict[str, float] = n.resources if field == "resources" else n.available
             for k, v in amounts.items():
                 out[k] = out.get(k, 0.0) + v
+    if field == "available":  # as in Ray: a resource all in use is absent, not 0
+        out = {k: v for k, v in out.items() if v > 1e-9}
     return out
 
 

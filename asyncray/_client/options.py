@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -52,11 +53,11 @@ def _describe(v: Any) -> str:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)  # numpy numbers too
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy ints too
 
 
 def _quantity(name: str, v: Any, what: str) -> None:
@@ -66,12 +67,22 @@ def _quantity(name: str, v: Any, what: str) -> None:
         raise ValueError(f"{name} must be a number >= 0 for {what}, got {v!r}")
 
 
+# Ray's words for the counts it checks (its tests match them), by option name.
+_RAY_ACCEPTS = {
+    "num_returns": "0 or a positive integer", "max_calls": "0 or a positive integer",
+    "max_retries": "0, -1 or a positive integer", "max_restarts": "-1, 0 or a positive integer",
+    "max_task_retries": "-1, 0 or a positive integer", "max_concurrency": "a positive integer",
+}
+
+
 def _int_at_least(low: int, meaning: str = "") -> Callable[[str, Any, str], None]:
     def check(name: str, v: Any, what: str) -> None:
+        if _is_number(v) and not _is_int(v) or _is_int(v) and v < low:  # a number, but not one it takes: ValueError
+            accepts = _RAY_ACCEPTS.get(name)
+            ray = f"The keyword '{name}' only accepts {accepts}: " if accepts else ""
+            raise ValueError(f"{ray}{name} must be an int >= {low}{meaning} for {what}, got {v!r}")
         if not _is_int(v):
             raise TypeError(f"{name} must be an int for {what}, got {_describe(v)}")
-        if v < low:
-            raise ValueError(f"{name} must be an int >= {low}{meaning} for {what}, got {v!r}")
 
     return check
 
@@ -213,6 +224,10 @@ def validate(options: dict[str, Any], allowed: set[str], what: str) -> dict[str,
             check = _CHECKS.get(name)
             if check is not None:
                 check(name, value, what)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                out[name] = int(value)  # numpy ints become plain ones (they travel as msgpack)
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool | float | int):
+                out[name] = float(value)
     if "num_return_vals" in out:
         warnings.warn(
             "num_return_vals is the Ray 0.x spelling; use num_returns", DeprecationWarning, stacklevel=user_stacklevel()

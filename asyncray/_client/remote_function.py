@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -26,10 +28,22 @@ def strategy_of(opts: dict[str, Any]) -> Any:
     strategy = opts.get("scheduling_strategy")
     return None if strategy in (None, "DEFAULT") else strategy
 
+log = logging.getLogger(__name__)
 
-def require_core(api: str) -> Core:
-    """The running core, or a clear error telling the user to call init()."""
+
+def require_core(api: str, *, auto_init: bool = False) -> Core:
+    """The running core, or a clear error telling the user to call init().
+
+    With ``auto_init`` (``.remote()``, ``put``, ``get``, ``wait``: Ray's auto-init), a process
+    with no runtime starts the embedded one first, unless ``ASYNCRAY_AUTO_INIT=0``.
+    """
     core = context.get_core()
+    if core is None and auto_init and os.environ.get("ASYNCRAY_AUTO_INIT", "1") != "0":
+        import asyncray
+
+        log.info("%s started an embedded asyncray runtime (as Ray does); call asyncray.init() to choose", api)
+        asyncray.init()
+        core = context.get_core()
     if core is None:
         raise RuntimeError(f"{api} needs a running asyncray runtime; call asyncray.init() first")
     return core
@@ -89,7 +103,7 @@ class RemoteFunction(Generic[P, R]):
         if check is None:
             check = self._check = check_for(self._fn)
         check(args, kwargs)  # a call that cannot bind fails here, as it would locally, not on a worker
-        core = require_core(f"{self._name}.remote()")
+        core = require_core(f"{self._name}.remote()", auto_init=True)
         num_returns = opts.get("num_returns", 1)
         max_retries = opts.get("max_retries")
         spec = core.tasks.make_spec(

@@ -339,6 +339,9 @@ def set_current(rt: Runtime | None) -> None:
 
 async def start(rt: Runtime, address: str | None, opts: dict[str, Any]) -> RuntimeInfo:
     """Embedded cluster when there is no address, else join the cluster at ``address``."""
+    # As Ray: one OpenMP thread per task unless the user chose (a task gets one CPU; numpy's
+    # default of a thread per core would oversubscribe the machine N times over).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     if address is None:
         return await rt.start_embedded(
             **{k: opts[k] for k in (

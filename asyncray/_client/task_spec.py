@@ -162,8 +162,12 @@ class FunctionDescriptor:
         except Exception as exc:
             raise SerializationError(f"{name} cannot be pickled for remote execution: {exc}") from exc
         if len(blob) > MAX_FUNCTION_BYTES:
+            what = (
+                f"The actor {obj.__name__}" if isinstance(obj, type)
+                else f"The remote function {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', name)}"
+            )
             raise ValueError(
-                f"{name} pickles to {len(blob):,} bytes, over the {MAX_FUNCTION_BYTES:,}-byte limit for shipping"
+                f"{what} is too large: {name} pickles to {len(blob):,} bytes, over the {MAX_FUNCTION_BYTES:,}-byte limit for shipping"
                 " a function or class to workers; it probably captures large data in a closure or a global:"
                 " pass that data as an argument, or put() it and pass the ref"
             )

@@ -264,6 +264,7 @@ class NodeService(Service):
 
     async def _start_worker(self, worker_id: bytes) -> None:
         env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")  # as Ray: a task has one CPU unless it asked for more
         env.update(
             ASYNCRAY_NODE_ADDRESS=self.address,
             ASYNCRAY_HEAD_ADDRESS=self.config.head_address,

@@ -39,6 +39,12 @@ class _QueueActor:
     async def qsize(self) -> int:
         return self.queue.qsize()
 
+    async def empty(self) -> bool:
+        return self.queue.empty()
+
+    async def full(self) -> bool:
+        return self.queue.full()
+
     async def put(self, item: Any, timeout: float | None) -> None:
         try:
             # The deadline runs here, not in the caller: a caller that gave up while the call
@@ -100,7 +106,7 @@ class Queue:
             raise TypeError(f"Queue(maxsize=...) must be an int, got {type(maxsize).__name__}")
         self.maxsize = maxsize
         self._shut_down = False
-        self.actor = asyncray.remote(_QueueActor).options(**(actor_options or {})).remote(maxsize)
+        self.actor: Any = asyncray.remote(_QueueActor).options(**(actor_options or {})).remote(maxsize)  # None once shut down
 
     def __len__(self) -> int:
         return self.size()
@@ -191,12 +197,13 @@ class Queue:
         if self._shut_down:
             return
         self._shut_down = True
+        actor, self.actor = self.actor, None  # as in Ray: the queue lets go of its actor
         if not force:
             try:
-                asyncray.get(self.actor.close.remote(), timeout=grace_period_s)
+                asyncray.get(actor.close.remote(), timeout=grace_period_s)
             except Exception:  # dead or slow: the kill below ends it either way
                 pass
-        asyncray.kill(self.actor)
+        asyncray.kill(actor)
 
     # ------------------------------------------------------------ internals
     def _actor(self) -> Any:
