@@ -38,7 +38,8 @@ def require_core(api: str, *, auto_init: bool = False) -> Core:
     with no runtime starts the embedded one first, unless ``ASYNCRAY_AUTO_INIT=0``.
     """
     core = context.get_core()
-    if core is None and auto_init and os.environ.get("ASYNCRAY_AUTO_INIT", "1") != "0":
+    enabled = os.environ.get("ASYNCRAY_AUTO_INIT", os.environ.get("RAY_ENABLE_AUTO_CONNECT", "1")) != "0"  # Ray's name too
+    if core is None and auto_init and enabled:
         import asyncray
 
         log.info("%s started an embedded asyncray runtime (as Ray does); call asyncray.init() to choose", api)
