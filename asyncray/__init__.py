@@ -69,6 +69,7 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",
@@ -318,6 +319,12 @@ def available_resources() -> dict[str, float]:
 def get_runtime_context() -> _api.RuntimeContext:
     """Ids of the calling job, node, worker, task and actor."""
     return _api.RuntimeContext(require_core("get_runtime_context()"))
+
+
+def get_gpu_ids() -> list[Any]:
+    """The GPU ids this task or actor may use, as in Ray: ints (0..N-1, or str when the node's
+    ids came from its own CUDA_VISIBLE_DEVICES); empty without ``num_gpus`` and in the driver."""
+    return _api.gpu_ids(require_core("get_gpu_ids()"))
 
 
 def _run_on_core(coro: Any, api: str) -> Any:

@@ -22,6 +22,9 @@ from asyncray._wire.messages import NodeView
 
 # Resource amounts are floats (num_cpus=0.5): compare with this much slack.
 EPS = 1e-9
+# A node with accelerators of type X offers the custom resource "accelerator_type:X" (as in
+# Ray); a task's ``accelerator_type="X"`` option asks for a little of it.
+ACCELERATOR_PREFIX = "accelerator_type:"
 # A node that is full may point a lease request to another node, at most this many times.
 MAX_REDIRECTS = 3
 
@@ -157,5 +160,9 @@ def actor_node(nodes: Sequence[NodeView], need: Mapping[str, float], affinity: A
             raise Unplaceable(f"its node {affinity.node_id[:8]} (NodeAffinitySchedulingStrategy) is dead or unknown")
     node = best_fit(nodes, need)
     if node is None:
+        kinds = [k.removeprefix(ACCELERATOR_PREFIX) for k in need if k.startswith(ACCELERATOR_PREFIX)]
+        missing = [k for k in kinds if not any(n.alive and n.resources.get(ACCELERATOR_PREFIX + k) for n in nodes)]
+        if missing:
+            raise Unplaceable(f"no node has accelerator_type={missing[0]!r} (the resource {ACCELERATOR_PREFIX + missing[0]!r})")
         raise Unplaceable(f"no node has the resources it needs ({dict(need)})")
     return node

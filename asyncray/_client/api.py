@@ -146,6 +146,12 @@ def sum_resources(nodes: list[m.NodeView], field: str) -> dict[str, float]:
     return out
 
 
+def gpu_ids(core: Core) -> list[Any]:
+    """The GPU ids of this worker's lease (``get_gpu_ids``); the driver holds none."""
+    executor = core.executor
+    return executor.gpus.visible() if executor is not None else []
+
+
 class RuntimeContext:
     """Who is calling: ids of the job, node, worker, task and actor (hex strings)."""
 
@@ -157,6 +163,7 @@ class RuntimeContext:
         self.task_id: str | None = task.task_id.hex() if task else None
         self.actor_id: str | None = task.actor_id.hex() if task and task.actor_id else None
         self.namespace: str = core.namespace
+        self._gpu_ids: list[str] = [str(g) for g in gpu_ids(core)]
 
     def get_job_id(self) -> str:
         """The job id."""
@@ -177,6 +184,10 @@ class RuntimeContext:
     def get_actor_id(self) -> str | None:
         """The actor whose method runs, or None."""
         return self.actor_id
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerators this worker may use, by resource name, ids as str (as Ray): ``{"GPU": [...]}``."""
+        return {"GPU": list(self._gpu_ids)}
 
     def __repr__(self) -> str:
         return f"RuntimeContext(node_id={self.node_id[:8]}, task_id={self.task_id}, actor_id={self.actor_id})"

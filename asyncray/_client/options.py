@@ -15,14 +15,16 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from asyncray import _placement as placement
+
 TASK_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "num_returns", "max_retries", "retry_exceptions", "max_calls",
-    "name", "scheduling_strategy", "memory", "runtime_env", "num_return_vals",
+    "name", "scheduling_strategy", "memory", "runtime_env", "num_return_vals", "accelerator_type",
 }
 ACTOR_OPTIONS = {
     "num_cpus", "num_gpus", "resources", "max_restarts", "max_task_retries", "max_concurrency",
     "name", "namespace", "lifetime", "get_if_exists", "scheduling_strategy", "memory", "runtime_env",
-    "concurrency_groups", "sync_methods_on_loop",
+    "concurrency_groups", "sync_methods_on_loop", "accelerator_type",
 }
 # ``@method(...)`` on an actor method, and ``handle.method.options(...)`` per call (which also takes ``name``).
 METHOD_DECORATOR_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions", "num_return_vals"}
@@ -34,6 +36,10 @@ _BELONGS = {
     **{k: "actor classes" for k in ACTOR_OPTIONS - TASK_OPTIONS},
     "concurrency_group": "actor methods (@asyncray.method)",
 }
+
+# As Ray: ``accelerator_type="X"`` asks for this much of the custom resource
+# ``accelerator_type:X``, which a node with such accelerators offers (``--resources``).
+ACCELERATOR_AMOUNT = 0.001
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,6 +190,7 @@ _CHECKS: dict[str, Callable[[str, Any, str], None]] = {
     "sync_methods_on_loop": _of_type(bool, "a bool"),
     "get_if_exists": _of_type(bool, "a bool"),
     "runtime_env": _of_type(dict, "a dict"),
+    "accelerator_type": _non_empty_str,
 }
 
 
@@ -250,4 +257,7 @@ def resources_of(options: dict[str, Any], default_cpus: float) -> dict[str, floa
     for k, v in (options.get("resources") or {}).items():
         if v:
             req[k] = float(v)
+    if options.get("accelerator_type"):
+        key = placement.ACCELERATOR_PREFIX + options["accelerator_type"]
+        req[key] = max(req.get(key, 0.0), ACCELERATOR_AMOUNT)  # an explicit larger amount stands
     return req

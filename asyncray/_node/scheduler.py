@@ -11,10 +11,11 @@ import enum
 import itertools
 import math
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from asyncray._placement import EPS, fits
+from asyncray._placement import ACCELERATOR_PREFIX, EPS, fits
 
 
 class WorkerState(enum.Enum):
@@ -61,6 +62,12 @@ class Lease:
     dedicated: bool
     label: str = ""
     blocked: bool = False
+    gpus: list[tuple[str, float]] = field(default_factory=list)  # (GPU id, share of it) held
+
+    @property
+    def gpu_ids(self) -> list[str]:
+        """The GPU ids the lease's worker may use (CUDA_VISIBLE_DEVICES)."""
+        return [gid for gid, _ in self.gpus]
 
 
 @dataclass(slots=True)
@@ -105,6 +112,42 @@ Action = Grant | Reject | StartWorker | KillWorker | Reclaim
 ORPHANED = "orphaned"
 
 
+def node_gpu_ids(num_gpus: float, visible: str | None) -> list[str]:
+    """A node's GPU ids: as Ray, the first ``num_gpus`` of its own CUDA_VISIBLE_DEVICES when
+    set (``visible``), else ``0 .. num_gpus - 1``. A fractional count rounds up (1.5 GPUs: two
+    ids), as a half GPU is still a device. More GPUs than ``visible`` names get the lowest
+    numbers not named there (Ray refuses to start instead)."""
+    count = math.ceil(num_gpus - EPS) if num_gpus > EPS else 0
+    named = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    extra = (str(i) for i in itertools.count() if str(i) not in named)
+    ids = named[:count]
+    while len(ids) < count:
+        ids.append(next(extra))
+    return ids
+
+
+def pick_gpus(amount: float, free: Mapping[str, float], order: Sequence[str]) -> list[tuple[str, float]] | None:
+    """Which GPUs a request for ``amount`` of them takes, with the share of each; None: not now.
+
+    The whole part takes whole, wholly free GPUs (lowest ids first); a fraction is packed onto
+    the fullest GPU it still fits, as Ray packs fractional requests, so that 0.5 + 0.5 share
+    one id and leave the other GPU whole for a ``num_gpus=1`` request.
+    """
+    if amount <= EPS:
+        return []
+    whole = int(amount + EPS)
+    frac = amount - whole if amount - whole > EPS else 0.0
+    empty = [g for g in order if free.get(g, 0.0) >= 1.0 - EPS]
+    if len(empty) < whole:
+        return None
+    taken = [(g, 1.0) for g in empty[:whole]]
+    if frac:
+        used = {g for g, _ in taken}
+        able = [g for g in order if g not in used and free.get(g, 0.0) + EPS >= frac]
+        if not able:
+            return None
+        taken.append((min(able, key=lambda g: free[g]), frac))  # the first of the fullest
+    return taken
 
 
 @dataclass
@@ -119,10 +162,15 @@ class LocalScheduler:
     workers: dict[bytes, WorkerRecord] = field(default_factory=dict)
     leases: dict[int, Lease] = field(default_factory=dict)
     queue: deque[LeaseRequest] = field(default_factory=deque)
+    gpu_ids: list[str] | None = None  # None: 0 .. GPU-1 (see node_gpu_ids)
+    gpu_free: dict[str, float] = field(init=False)  # GPU id -> the share of it not leased
     _lease_ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
         self.available = dict(self.total)
+        if self.gpu_ids is None:
+            self.gpu_ids = node_gpu_ids(self.total.get("GPU", 0.0), None)
+        self.gpu_free = dict.fromkeys(self.gpu_ids, 1.0)
 
     # ------------------------------------------------------------ events
     def prestart(self) -> list[Action]:
@@ -138,6 +186,9 @@ class LocalScheduler:
                 return [Reject(req, f"resource {k!r} must not be negative, got {v}")]
             if v > self.total.get(k, 0.0) + EPS:
                 have = self.total.get(k, 0.0)
+                if k.startswith(ACCELERATOR_PREFIX) and not have:
+                    return [Reject(req, f"asks for accelerator_type={k[len(ACCELERATOR_PREFIX):]!r} but no node has"
+                                        f" that accelerator (no node offers the resource {k!r})")]
                 return [Reject(req, f"asks for {k}={v:g} but no node has more than {have:g}")]
         self.queue.append(req)
         return self._schedule()
@@ -259,6 +310,8 @@ class LocalScheduler:
             if k == "CPU" and lease.blocked:
                 continue  # already lent out while blocked
             self.available[k] = self.available.get(k, 0.0) + v
+        for gid, share in lease.gpus:
+            self.gpu_free[gid] = min(1.0, self.gpu_free.get(gid, 0.0) + share)
 
     def _start(self) -> StartWorker:
         wid = self.new_worker_id()
@@ -276,13 +329,19 @@ class LocalScheduler:
         # Requests waiting for a worker to start still reserve their share here, so that
         # five 1-CPU requests on a 2-CPU node start two workers, not five.
         room = dict(self.available)
+        gpu_room = dict(self.gpu_free)
+        assert self.gpu_ids is not None
         for req in self.queue:
-            if not fits(req.resources, room):
+            # Enough GPU in total is not enough: the shares must fit on particular GPUs.
+            gpus = pick_gpus(req.resources.get("GPU", 0.0), gpu_room, self.gpu_ids) if fits(req.resources, room) else None
+            if gpus is None:
                 waiting.append(req)
                 blocked_by_resources = True
                 continue
             for k, v in req.resources.items():
                 room[k] = room.get(k, 0.0) - v
+            for gid, share in gpus:
+                gpu_room[gid] -= share
             if not idle:
                 waiting.append(req)
                 if starting == 0:
@@ -293,7 +352,11 @@ class LocalScheduler:
             rec = idle.pop()
             for k, v in req.resources.items():
                 self.available[k] = self.available.get(k, 0.0) - v
-            lease = Lease(next(self._lease_ids), rec.worker_id, req.client, dict(req.resources), req.dedicated, req.label)
+            for gid, share in gpus:
+                self.gpu_free[gid] -= share
+            lease = Lease(
+                next(self._lease_ids), rec.worker_id, req.client, dict(req.resources), req.dedicated, req.label, gpus=gpus,
+            )
             self.leases[lease.lease_id] = lease
             rec.state, rec.lease_id = WorkerState.LEASED, lease.lease_id
             actions.append(Grant(req, lease, rec))

@@ -88,9 +88,15 @@ class NodeService(Service):
         limit = int(config.resources.get("object_store_memory", 2**30))
         self.store_manager = StoreManager(self.store, limit)
         self.store_usage = self.store_manager.usage()
+        # GPU ids as Ray numbers them: this process's own CUDA_VISIBLE_DEVICES when set, else 0..N-1.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        self.gpu_ids_from_env = bool(visible.strip())
         self.scheduler = sch.LocalScheduler(
-            total=dict(config.resources), min_workers=config.num_workers, new_worker_id=_ids.new_id
+            total=dict(config.resources), min_workers=config.num_workers, new_worker_id=_ids.new_id,
+            gpu_ids=sch.node_gpu_ids(config.resources.get("GPU", 0.0), visible),
         )
+        # A worker's standing question "which lease do I hold now?": worker id -> (its connection, rid).
+        self._lease_watches: dict[bytes, tuple[Connection, int]] = {}
         self._procs: dict[bytes, asyncio.subprocess.Process] = {}
         self._worker_conns: dict[bytes, Connection] = {}
         self._clients: set[Connection] = set()
@@ -231,9 +237,12 @@ class NodeService(Service):
     def _apply(self, actions: list[sch.Action]) -> None:
         for act in actions:
             if isinstance(act, sch.Grant):
+                # The worker hears of its GPUs first: what goes out in one loop turn is flushed in
+                # order, so its node's answer is on its way before the holder can push it a task.
+                self._tell_lease(act.worker.worker_id)
                 act.request.client.reply(act.request.rid, m.LeaseGrant(
                     lease_id=act.lease.lease_id, worker_id=act.worker.worker_id, address=act.worker.address,
-                    pid=act.worker.pid, node_id=self.node_id,
+                    pid=act.worker.pid, node_id=self.node_id, gpu_ids=act.lease.gpu_ids,
                 ))
             elif isinstance(act, sch.Reject):
                 act.request.client.reply(act.request.rid, error=f"unschedulable: {act.reason}")
@@ -246,6 +255,27 @@ class NodeService(Service):
                     if client.is_open:
                         client.send(m.ReclaimIdle())
         self._schedule_report()
+
+    def _watch_lease(self, conn: Connection, msg: m.GetNodeInfo) -> None:
+        """A worker asks which lease it holds: answered now if not the one it knows, else at its next grant."""
+        worker_id = conn.state.get("worker_id")
+        if worker_id is None:
+            conn.reply(msg.rid, error="only a worker of this node may watch its lease")
+            return
+        self._lease_watches[worker_id] = (conn, msg.rid)
+        rec = self.scheduler.workers.get(worker_id)
+        if rec is not None and rec.lease_id and rec.lease_id != msg.lease_after:
+            self._tell_lease(worker_id)
+
+    def _tell_lease(self, worker_id: bytes) -> None:
+        """Answer the worker's watch (if it has one) with its lease and that lease's GPU ids."""
+        watch = self._lease_watches.pop(worker_id, None)
+        rec = self.scheduler.workers.get(worker_id)
+        if watch is None or rec is None:
+            return
+        lease = self.scheduler.leases.get(rec.lease_id)
+        conn, rid = watch
+        conn.reply(rid, {"lease_id": rec.lease_id, "gpu_ids": lease.gpu_ids if lease is not None else []})
 
     def _schedule_report(self) -> None:
         if self._report_scheduled or self._head is None:
@@ -277,6 +307,9 @@ class NodeService(Service):
             ASYNCRAY_TOKEN=self.config.token,
             ASYNCRAY_NODE_PID=str(os.getpid()),
             ASYNCRAY_LISTEN_HOST=self.config.listen_host,
+            # Non-empty: the worker follows its lease's GPU ids (and sets CUDA_VISIBLE_DEVICES).
+            ASYNCRAY_GPU_IDS=",".join(self.scheduler.gpu_ids or []),
+            ASYNCRAY_GPU_IDS_FROM_ENV="1" if self.gpu_ids_from_env else "",
         )
         if self.config.worker_path:
             env["PYTHONPATH"] = os.pathsep.join(self.config.worker_path)
@@ -442,7 +475,10 @@ class NodeService(Service):
         elif isinstance(msg, m.SubscribeLogs):
             self._log_subscribers.add(conn)
         elif isinstance(msg, m.GetNodeInfo):
-            conn.reply(msg.rid, self.info())
+            if msg.lease_after >= 0:
+                self._watch_lease(conn, msg)
+            else:
+                conn.reply(msg.rid, self.info())
         elif isinstance(msg, m.GetLogs):
             self.spawn(self._answer_logs(conn, msg), "answer-logs")
         else:
@@ -552,6 +588,7 @@ class NodeService(Service):
         worker_id = conn.state.get("worker_id")
         if worker_id is not None:
             self._worker_conns.pop(worker_id, None)
+            self._lease_watches.pop(worker_id, None)
             self._kill_worker(worker_id)  # a worker that hung up is no use; its watcher cleans up
         if conn in self._clients:
             self._clients.discard(conn)
@@ -563,9 +600,10 @@ class NodeService(Service):
         """The node's state, for ``nodes()``, the CLI and the dashboard (with host and per-worker usage)."""
         from asyncray._node import usage
 
+        leases = self.scheduler.leases
         workers = [
             {"worker_id": w.worker_id, "pid": w.pid, "state": w.state.value, "lease_id": w.lease_id,
-             **usage.process_usage(w.pid)}
+             "gpu_ids": leases[w.lease_id].gpu_ids if w.lease_id in leases else [], **usage.process_usage(w.pid)}
             for w in self.scheduler.workers.values()
         ]
         return {

@@ -309,6 +309,7 @@ class LeaseGrant(Payload):
     address: str  # where the worker listens: tasks go there directly
     pid: int
     node_id: bytes
+    gpu_ids: list[str] = field(default_factory=list)  # the GPUs the lease holds (the worker learns them from its node)
 
 
 @payload
@@ -518,6 +519,9 @@ class GetNodeInfo(Message):
     """Ask a node for its state; answered by a Reply with a map."""
 
     rid: int
+    # A worker watching its own lease: answered ``{"lease_id", "gpu_ids"}`` once the worker holds
+    # a lease other than this one (sent before the lease's holder hears of the grant). -1: the state.
+    lease_after: int = -1
 
 
 # ---------------------------------------------------------------- node <-> head

@@ -40,8 +40,62 @@ log = logging.getLogger(__name__)
 _SyncCall = tuple[Connection, m.PushTask, Any, bytes | None, bytes | None, Callable[[], None] | None]
 
 CANCEL_SIGNAL = signal.SIGUSR1
+# Set (to anything) as in Ray: leave CUDA_VISIBLE_DEVICES alone, the user manages devices.
+NOSET_CUDA_ENV = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
 # Ids of cancelled tasks not seen yet (their arguments are still being fetched), at most.
 MAX_CANCELLED_UNSEEN = 1000
+
+
+class GpuLease:
+    """The GPU ids of the lease this worker serves, followed by a standing question to the node.
+
+    The node answers the question (``GetNodeInfo(lease_after=...)``) when the worker is granted
+    to a new holder, before that holder hears of the grant: a task always finds its lease's ids.
+    Only on nodes with GPUs; elsewhere ``ids`` stays empty and nothing is asked.
+    """
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.enabled = bool(os.environ.get("ASYNCRAY_GPU_IDS"))
+        self.ids_are_str = bool(os.environ.get("ASYNCRAY_GPU_IDS_FROM_ENV"))  # as Ray: ids from CUDA_VISIBLE_DEVICES stay str
+        self.lease_id = 0
+        self.ids: list[str] = []
+        self.watch: asyncio.Future[Any] | None = None
+        self.held: list[tuple[Connection, m.Message]] | None = None  # calls waiting for the first answer
+
+    def ask(self) -> asyncio.Future[Any]:
+        """Ask the node about this worker's lease (answered once it is not ``lease_id``)."""
+        assert self.core.node is not None
+        fut: asyncio.Future[Any] = self.core.node.request(m.GetNodeInfo(rid=0, lease_after=self.lease_id))
+        return fut
+
+    def follow(self) -> None:
+        """Take an answer that arrived (perhaps in this very loop turn, before its callback ran) and ask again."""
+        fut = self.watch
+        if fut is None or not fut.done():
+            return
+        self.watch = None
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the node is gone: so is this worker
+        self.apply(fut.result())
+        self.watch = self.ask()
+        self.watch.add_done_callback(lambda _: self.follow())
+
+    def apply(self, answer: Any) -> None:
+        """Use a lease's ids: CUDA_VISIBLE_DEVICES for every task of the lease (an actor's: its life).
+
+        A lease without GPUs sees it empty, as in Ray, so it does not use GPUs others hold.
+        """
+        self.lease_id = int(answer.get("lease_id", 0))
+        self.ids = [str(g) for g in answer.get("gpu_ids", [])]
+        if not os.environ.get(NOSET_CUDA_ENV):
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.ids)
+
+    def visible(self) -> list[Any]:
+        """``get_gpu_ids()``: ints, or str when the node's ids came from its CUDA_VISIBLE_DEVICES (Ray's types)."""
+        if self.ids_are_str:
+            return list(self.ids)
+        return [int(g) if g.isdigit() else g for g in self.ids]
 
 
 class TaskExecutor:
@@ -64,10 +118,37 @@ class TaskExecutor:
         self._done_scheduled = False
         self._cancel_requested: bytes | None = None
         self._task_thread_id = 0
+        self.gpus = GpuLease(core)
 
     # ------------------------------------------------------------ dispatch (loop thread)
     def handle(self, conn: Connection, msg: m.Message) -> None:
         """Entry point from the core's message handler."""
+        gpus = self.gpus
+        if gpus.enabled and not isinstance(msg, m.CancelTask):
+            if gpus.held is not None:
+                gpus.held.append((conn, msg))
+                return
+            if gpus.watch is None and not gpus.lease_id:  # the first call: learn the lease before running it
+                gpus.held = [(conn, msg)]
+                self.core.spawn(self._learn_lease(), "learn-lease")
+                return
+            gpus.follow()
+        self._dispatch(conn, msg)
+
+    async def _learn_lease(self) -> None:
+        gpus = self.gpus
+        try:
+            gpus.apply(await gpus.ask())
+        except Exception as exc:  # the node is gone (this worker ends with it): run the calls without GPUs
+            log.warning("could not learn this worker's lease from its node: %s", exc)
+        else:
+            gpus.watch = gpus.ask()
+            gpus.watch.add_done_callback(lambda _: gpus.follow())
+        held, gpus.held = gpus.held or [], None
+        for conn, msg in held:
+            self._dispatch(conn, msg)
+
+    def _dispatch(self, conn: Connection, msg: m.Message) -> None:
         if isinstance(msg, m.PushTask):
             if msg.actor_id is not None:
                 if self.actor_host is None:
