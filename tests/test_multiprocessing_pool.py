@@ -286,6 +286,14 @@ def test_context_manager_terminates_on_exit(ray):
         pool.map(square, [1])
 
 
+def test_a_forgotten_pool_warns_and_ends_its_processes(ray):
+    pool = Pool(processes=2)
+    pids = pids_of_pool(pool)
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        del pool  # no reference cycle: the pool goes at once
+    assert wait_for(lambda: not any(is_running(p) for p in pids))
+
+
 def test_work_runs_in_parallel(ray):
     with Pool(processes=2) as pool:
         assert len(pids_of_pool(pool)) == 2  # both processes started

@@ -434,9 +434,10 @@ class Pool:
     def __del__(self) -> None:
         if getattr(self, "_state", None) == "RUN":
             # Terminate before warning: warnings may be errors, and the actors must go either way.
+            what = repr(self)
             self._state = "TERMINATE"
             self._core.events.put(("terminate",))
-            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self, stacklevel=1)
+            warnings.warn(f"unclosed running multiprocessing pool {what}", ResourceWarning, source=self, stacklevel=1)
 
     def __enter__(self) -> Pool:
         self._check_running()
