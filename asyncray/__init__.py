@@ -337,3 +337,13 @@ def _run_on_core(coro: Any, api: str) -> Any:
             f"use 'await asyncray.aio.{api}(...)' in async code"
         )
     return core.run_coroutine(coro).result()
+
+
+def __getattr__(name: str) -> Any:
+    # ``import asyncray as ray`` then ``ray.util.ActorPool``, as ``import ray`` allows; imported
+    # on first use (about 30 ms that a script without it does not pay at start).
+    if name == "util":
+        import importlib
+
+        return importlib.import_module("asyncray.util")
+    raise AttributeError(f"module 'asyncray' has no attribute {name!r}")

@@ -39,3 +39,13 @@ def test_errors_report_the_public_module():
 
 def test_version():
     assert asyncray.__version__
+
+
+def test_util_is_reachable_from_the_package_as_in_ray():
+    """``import ray`` gives ``ray.util``; so does ``import asyncray as ray`` (loaded on first use)."""
+    import subprocess
+    import sys
+
+    code = "import asyncray as ray; print(ray.util.ActorPool.__name__, ray.util.multiprocessing.Pool.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["ActorPool", "Pool"]
