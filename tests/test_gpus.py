@@ -242,6 +242,21 @@ def test_no_gpu_request_sees_no_device(gpu_ray: Any, tmp_path: Path) -> None:
         assert ids == [] and accel == {"GPU": []}
 
 
+def test_mixed_requests_each_see_their_own_lease(gpu_ray: Any) -> None:
+    """Leases of different shapes churn through the same workers: every task sees its own."""
+    for _ in range(3):
+        refs = [
+            (want, (gpu_context if want else no_gpu).options(num_gpus=want).remote())
+            for want in [1, 0, 0.5, 0, 1, 0.5, 0] * 3
+        ]
+        for want, ref in refs:
+            visible, ids, accel = asyncray.get(ref, timeout=60)
+            if want:
+                assert len(ids) == 1 and visible == str(ids[0]) and accel == {"GPU": [visible]}
+            else:
+                assert (visible, ids, accel) == ("", [], {"GPU": []})
+
+
 def test_runtime_context_accelerator_ids(gpu_ray: Any) -> None:
     visible, ids, accel = asyncray.get(gpu_context.remote(), timeout=60)
     assert accel == {"GPU": [visible]} and ids == [int(visible)]  # str ids in the context, as Ray's
@@ -270,6 +285,12 @@ def test_accelerator_type_nobody_has_fails_by_name(gpu_ray: Any, monkeypatch: py
         asyncray.get(on_a100.options(accelerator_type="H100").remote(), timeout=60)
 
 
+def test_an_actor_asking_for_a_missing_accelerator_type_dies_saying_so(gpu_ray: Any) -> None:
+    actor = GpuHolder.options(accelerator_type="H100").remote()
+    with pytest.raises(asyncray.ActorDiedError, match="accelerator_type='H100'"):
+        asyncray.get(actor.seen.remote(), timeout=60)
+
+
 def test_accelerator_type_is_checked_at_the_call_site() -> None:
     with pytest.raises(TypeError, match="accelerator_type must be a str"):
         asyncray.remote(accelerator_type=100)(lambda: None)
@@ -290,5 +311,19 @@ def test_node_ids_from_its_cuda_visible_devices_are_str(monkeypatch: pytest.Monk
         a, b = asyncray.get([one_gpu.remote(str(tmp_path), "a"), one_gpu.remote(str(tmp_path), "b")], timeout=60)
         assert {a[0], b[0]} == {"5", "7"}
         assert sorted(a[1] + b[1]) == ["5", "7"]
+    finally:
+        asyncray.shutdown()
+
+
+def test_noset_env_leaves_cuda_visible_devices_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: the ids are still assigned, the variable is not touched."""
+    if asyncray.is_initialized():
+        asyncray.shutdown()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES", "1")
+    asyncray.init(num_cpus=1, num_gpus=1, include_dashboard=False)
+    try:
+        visible, ids, _ = asyncray.get(gpu_context.remote(), timeout=60)
+        assert visible is None and ids == [0]
     finally:
         asyncray.shutdown()

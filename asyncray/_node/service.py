@@ -97,6 +97,11 @@ class NodeService(Service):
         )
         # A worker's standing question "which lease do I hold now?": worker id -> (its connection, rid).
         self._lease_watches: dict[bytes, tuple[Connection, int]] = {}
+        self._watchers: set[bytes] = set()  # workers that follow their lease (they asked once)
+        # Grants whose worker has not asked again yet (a lease came back and went out at once):
+        # the holder hears of it only after the worker does, or it could push a task that runs
+        # with the previous lease's GPUs. Worker id -> (holder, rid, grant).
+        self._held_grants: dict[bytes, tuple[Connection, int, m.LeaseGrant]] = {}
         self._procs: dict[bytes, asyncio.subprocess.Process] = {}
         self._worker_conns: dict[bytes, Connection] = {}
         self._clients: set[Connection] = set()
@@ -237,13 +242,18 @@ class NodeService(Service):
     def _apply(self, actions: list[sch.Action]) -> None:
         for act in actions:
             if isinstance(act, sch.Grant):
+                wid = act.worker.worker_id
+                grant = m.LeaseGrant(
+                    lease_id=act.lease.lease_id, worker_id=wid, address=act.worker.address,
+                    pid=act.worker.pid, node_id=self.node_id, gpu_ids=act.lease.gpu_ids,
+                )
+                if wid in self._watchers and wid not in self._lease_watches:
+                    self._held_grants[wid] = (act.request.client, act.request.rid, grant)
+                    continue
                 # The worker hears of its GPUs first: what goes out in one loop turn is flushed in
                 # order, so its node's answer is on its way before the holder can push it a task.
-                self._tell_lease(act.worker.worker_id)
-                act.request.client.reply(act.request.rid, m.LeaseGrant(
-                    lease_id=act.lease.lease_id, worker_id=act.worker.worker_id, address=act.worker.address,
-                    pid=act.worker.pid, node_id=self.node_id, gpu_ids=act.lease.gpu_ids,
-                ))
+                self._tell_lease(wid)
+                act.request.client.reply(act.request.rid, grant)
             elif isinstance(act, sch.Reject):
                 act.request.client.reply(act.request.rid, error=f"unschedulable: {act.reason}")
             elif isinstance(act, sch.StartWorker):
@@ -263,9 +273,18 @@ class NodeService(Service):
             conn.reply(msg.rid, error="only a worker of this node may watch its lease")
             return
         self._lease_watches[worker_id] = (conn, msg.rid)
+        self._watchers.add(worker_id)
         rec = self.scheduler.workers.get(worker_id)
         if rec is not None and rec.lease_id and rec.lease_id != msg.lease_after:
             self._tell_lease(worker_id)
+        self._release_grant(worker_id)
+
+    def _release_grant(self, worker_id: bytes) -> None:
+        """Send a grant held back for this worker (it knows its lease now, or is gone)."""
+        held = self._held_grants.pop(worker_id, None)
+        if held is not None:
+            client, rid, grant = held
+            client.reply(rid, grant)
 
     def _tell_lease(self, worker_id: bytes) -> None:
         """Answer the worker's watch (if it has one) with its lease and that lease's GPU ids."""
@@ -589,6 +608,8 @@ class NodeService(Service):
         if worker_id is not None:
             self._worker_conns.pop(worker_id, None)
             self._lease_watches.pop(worker_id, None)
+            self._watchers.discard(worker_id)
+            self._release_grant(worker_id)  # its holder finds the worker gone, as with any grant of a dying worker
             self._kill_worker(worker_id)  # a worker that hung up is no use; its watcher cleans up
         if conn in self._clients:
             self._clients.discard(conn)
