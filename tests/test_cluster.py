@@ -761,6 +761,25 @@ def interactive_driver(c: Cluster, script: str, *args: str, env: dict[str, str] 
     return drv, line
 
 
+def driver_through_node_death(c: Cluster, script: str, victim: int) -> dict[str, Any]:
+    """Run an interactive driver; once it is ready, SIGKILL the node daemon ``victim``, tell the
+    driver when the head has declared that node dead, and return the driver's result."""
+    drv, line = interactive_driver(c, script)
+    try:
+        assert drv.stdin is not None
+        c.track()
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
+        drv.stdin.write("dead\n")
+        drv.stdin.flush()
+        out, err = drv.communicate(timeout=90)
+        return parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait()
+
+
 def test_node_killed_mid_task() -> None:
     with new_cluster() as c:
         c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
@@ -1108,21 +1127,7 @@ def test_a_borrower_with_an_old_location_asks_the_owner_again() -> None:
     with new_cluster() as c:
         c.start_head(free_port(), "--num-cpus", "2", "--node-timeout", "2")
         c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
-        b_pid = c.daemon_pids("node")[0]
-        drv, line = interactive_driver(c, DRIVER_STALE_BORROWER)
-        try:
-            assert drv.stdin is not None
-            c.track()
-            os.kill(b_pid, signal.SIGKILL)
-            assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
-            drv.stdin.write("dead\n")
-            drv.stdin.flush()
-            out, err = drv.communicate(timeout=90)
-            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
-        finally:
-            if drv.poll() is None:
-                drv.kill()
-                drv.wait()
+        res = driver_through_node_death(c, DRIVER_STALE_BORROWER, c.daemon_pids("node")[0])
         assert res.get("total") == float(sum(range(300_000))), res
 
 
@@ -1195,21 +1200,7 @@ def test_a_lost_copy_is_replaced_by_another_copy_the_head_knows() -> None:
         c.start_head(free_port(), "--num-cpus", "1", "--node-timeout", "2")
         c.start_node("--num-cpus", "1", "--resources", '{"b": 1}')
         c.start_node("--num-cpus", "1", "--resources", '{"c": 1}')
-        b_pid = c.daemon_pids("node")[0]
-        drv, line = interactive_driver(c, DRIVER_OTHER_COPY)
-        try:
-            assert drv.stdin is not None
-            c.track()
-            os.kill(b_pid, signal.SIGKILL)
-            assert wait_for(lambda: any(n["state"] == "DEAD" for n in c.nodes()), timeout=10, interval=0.2)
-            drv.stdin.write("dead\n")
-            drv.stdin.flush()
-            out, err = drv.communicate(timeout=90)
-            res = parse_result(subprocess.CompletedProcess(drv.args, drv.returncode, line + out, err))
-        finally:
-            if drv.poll() is None:
-                drv.kill()
-                drv.wait()
+        res = driver_through_node_death(c, DRIVER_OTHER_COPY, c.daemon_pids("node")[0])
         assert res.get("same") is True, res
 
 
