@@ -1,10 +1,13 @@
 """Run the benchmark workloads on asyncray and, when it is installed, on Ray, side by side.
 
-    python bench/run.py [--quick] [--only NAME,...] [--json out.json]
+    python bench/run.py [--quick] [--only NAME,...] [--json out.json] [--no-ray] [--no-pool]
 
 Every workload runs in a fresh subprocess per framework (``bench/workloads.py``), so init,
 shutdown and memory are measured clean. Ray runs under ``$RAY_PYTHON`` or ``/work/ray-venv/bin/python``
-when that interpreter can ``import ray``; it is never a dependency of asyncray.
+when that interpreter can ``import ray``; it is never a dependency of asyncray. The plain-task
+workloads (``init``, ``roundtrip``, ``throughput``, ``tiny_tasks``, ``shutdown``) also run on Python's
+own ``concurrent.futures.ProcessPoolExecutor`` (``bench/procpool.py``, the ``pool`` column), under
+this interpreter, without Ray.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workloads import HIGHER, INFO, LOWER, RESULT_PREFIX, WORKLOADS
+from workloads import HIGHER, INFO, LOWER, POOL_MODULE, RESULT_PREFIX, WORKLOADS
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKLOADS_PY = BENCH_DIR / "workloads.py"
 DEFAULT_RAY_PYTHON = "/work/ray-venv/bin/python"
-FRAMEWORKS = ("asyncray", "ray")
+FRAMEWORKS = ("asyncray", "ray", POOL_MODULE)
 TERM_GRACE_S = 30.0  # after a timeout: how long a workload may take to clean up after SIGTERM
 
 Results = dict[str, dict[str, dict[str, Any]]]  # framework -> workload -> metrics
@@ -122,6 +125,17 @@ def find_ray_python(explicit: str | None) -> str | None:
     return cand if r.returncode == 0 else None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def child_env(framework: str) -> dict[str, str]:
     """Environment of a workload subprocess."""
     env = dict(os.environ)
@@ -200,45 +214,61 @@ def compare(direction: str, ours: Any, ray: Any) -> tuple[str, str]:
     return f"{ratio:.3g}", f"{better:.3g}x"
 
 
-def build_rows(results: Results, names: list[str]) -> list[list[str]]:
-    """One row per metric; a skipped or failed run is one row with the reason."""
+def header(pool: bool) -> list[str]:
+    """Columns of the table; the ProcessPoolExecutor ones only when the pool peer ran."""
+    cols = ["workload", "metric", "better", "asyncray", "ray"]
+    if pool:
+        cols.append("pool")
+    cols += ["asyncray/ray", "better vs ray"]
+    if pool:
+        cols += ["asyncray/pool", "better vs pool"]
+    return cols + ["target", "met"]
+
+
+def build_rows(results: Results, names: list[str], pool: bool = False) -> list[list[str]]:
+    """One row per metric; a skipped or failed run is one row with the reason.
+
+    With ``pool``, each row also has the ProcessPoolExecutor value and asyncray's ratio to it
+    (blank for the workloads that do not run on the pool).
+    """
+    ncols = len(header(pool))
+    peers = ("ray", POOL_MODULE) if pool else ("ray",)
     rows: list[list[str]] = []
     for name in names:
         wl = WORKLOADS[name]
         ours = results.get("asyncray", {}).get(name, {})
-        ray = results.get("ray", {}).get(name)
-        for fw, res in (("asyncray", ours), ("ray", ray or {})):
+        others = {fw: results.get(fw, {}).get(name) or {} for fw in peers}
+        for fw, res in (("asyncray", ours), *others.items()):
+            label = "pool" if fw == POOL_MODULE else fw
             for key in ("skipped", "error"):
                 if key in res:
-                    rows.append([name, f"({fw} {key})", "", "", "", "", "", "", str(res[key])[:110]])
+                    rows.append([name, f"({label} {key})", *[""] * (ncols - 3), str(res[key])[:110]])
         for metric, (unit, direction) in wl.metrics.items():
             a = ours.get(metric)
-            r = ray.get(metric) if ray else None
-            if a is None and r is None:
+            vals = {fw: others[fw].get(metric) for fw in peers}
+            if a is None and all(v is None for v in vals.values()):
                 continue
-            ratio, better = compare(direction, a, r)
+            r = vals["ray"]
             target = TARGETS.get((name, metric))
             met = ""
             if target and isinstance(a, int | float):
                 ok = target.met(direction, a, r if isinstance(r, int | float) else None, results)
                 met = {True: "yes", False: "NO", None: "?"}[ok]
             arrow = {LOWER: "lower", HIGHER: "higher", INFO: "-"}[direction]
-            rows.append([
-                name, f"{metric} ({unit})" if unit else metric, arrow,
-                fmt(a) if a is not None else "-", fmt(r) if r is not None else "-",
-                ratio, better, target.describe() if target else "", met,
-            ])
+            row = [name, f"{metric} ({unit})" if unit else metric, arrow,
+                   *(fmt(v) if v is not None else "-" for v in (a, *vals.values()))]
+            for fw in peers:
+                row += compare(direction, a, vals[fw])
+            rows.append(row + [target.describe() if target else "", met])
     return rows
 
 
-HEADER = ["workload", "metric", "better", "asyncray", "ray", "asyncray/ray", "asyncray better by", "target", "met"]
-
-
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADER)]
+def print_table(rows: list[list[str]], pool: bool = False) -> None:
+    cols = header(pool)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(cols)]
     # The last column of skip/error rows holds long text: do not let it widen the table.
-    widths[-1] = len(HEADER[-1])
-    line = "  ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))
+    widths[-1] = len(cols[-1])
+    line = "  ".join(h.ljust(w) for h, w in zip(cols, widths, strict=True))
     print(line)
     print("-" * len(line))
     prev = None
@@ -257,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny-tasks", type=int, default=None, help="task count of tiny_tasks (default 100,000)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per workload subprocess (default 300)")
     p.add_argument("--no-ray", action="store_true", help="run asyncray only")
+    p.add_argument("--no-pool", action="store_true", help="skip the ProcessPoolExecutor peer (pool column)")
     p.add_argument("--ray-python", default=None, help="interpreter with ray installed (default $RAY_PYTHON, "
                                                       f"then {DEFAULT_RAY_PYTHON})")
     p.add_argument("-v", "--verbose", action="store_true", help="show the stderr of failed workloads")
@@ -275,9 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         note = "--no-ray" if args.no_ray else "no interpreter that can 'import ray' (set $RAY_PYTHON)"
         print(f"note: Ray column empty: {note}", file=sys.stderr)
 
+    if not args.no_pool:
+        pythons[POOL_MODULE] = sys.executable  # stdlib only: needs neither Ray nor asyncray
     results: Results = {fw: {} for fw in pythons}
+    load_start = os.getloadavg()[0]
     for name in names:
         for fw, python in pythons.items():
+            if fw == POOL_MODULE and not WORKLOADS[name].pool:
+                continue
             print(f"running {name:<16} on {fw:<8} ...", end=" ", file=sys.stderr, flush=True)
             res = run_one(python, fw, name, args)
             results[fw][name] = res
@@ -285,15 +321,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{res['_wall_s']:.1f} s {status}"[:160], file=sys.stderr, flush=True)
 
     print()
-    print(f"asyncray vs Ray, num_cpus=2 each, {'--quick' if args.quick else 'full'} run, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}")
-    print("ratio column: asyncray/ray (raw); 'asyncray better by': >1x means asyncray wins, "
+    pool = POOL_MODULE in pythons
+    peers = " and ".join(["Ray"] * ("ray" in pythons) + ["ProcessPoolExecutor(2) ('pool')"] * pool) or "nothing"
+    print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {cpu_model()} ({platform.machine()}), "
+          f"{platform.platform(terse=True)}")
+    print(f"asyncray vs {peers}, num_cpus=2 each, {'--quick' if args.quick else 'full'} run, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    print("asyncray/X: raw ratio; 'better vs X': how many times better asyncray is (>1x: asyncray wins), "
           "whichever direction ('better') the metric improves in")
     print()
-    print_table(build_rows(results, names))
+    print_table(build_rows(results, names, pool), pool)
 
     if args.json_out:
-        meta = {"quick": args.quick, "ray_python": ray_python, "cpus": os.cpu_count(),
+        meta = {"quick": args.quick, "ray_python": ray_python, "pool": pool, "cpus": os.cpu_count(),
                 "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         Path(args.json_out).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
         print(f"\nwrote {args.json_out}")

@@ -8,7 +8,10 @@ run the framework's CLI (``asyncray start``/``stop``, ``ray start --block``) in 
 
 Subprocess protocol (used by ``bench/run.py``, one fresh process per workload per framework)::
 
-    python bench/workloads.py <asyncray|ray> <workload> [--quick] [--tiny-tasks N]
+    python bench/workloads.py <asyncray|ray|procpool> <workload> [--quick] [--tiny-tasks N]
+
+``procpool`` (``bench/procpool.py``) is Python's ``ProcessPoolExecutor`` behind ``init``/``remote``/
+``get``/``shutdown``; only the workloads registered with ``pool=True`` run on it.
 
 The last line of stdout is ``BENCH_RESULT {json}``: the metrics, or ``{"skipped": why}`` or
 ``{"error": text}``. The exit status is 0 unless the workload raised.
@@ -890,20 +893,23 @@ class Workload:
     metrics: dict[str, tuple[str, str]] = field(default_factory=dict)
     actor: bool = False
     cluster: bool = False  # starts its own multi-node cluster: runs with a private TMPDIR
+    pool: bool = False  # also runs on ``procpool`` (ProcessPoolExecutor): plain tasks, init, shutdown
 
 
 LOWER, HIGHER, INFO = "lower", "higher", "info"
 
 WORKLOADS: dict[str, Workload] = {
     "init": Workload(wl_init, {
-        "init_to_first_task_s": ("s", LOWER), "init_call_s": ("s", LOWER), "import_s": ("s", LOWER)}),
+        "init_to_first_task_s": ("s", LOWER), "init_call_s": ("s", LOWER), "import_s": ("s", LOWER)}, pool=True),
     "memory": Workload(wl_memory, {
         "total_rss_mb": ("MB", LOWER), "children_rss_mb": ("MB", LOWER), "driver_rss_delta_mb": ("MB", LOWER),
         "total_pss_mb": ("MB", LOWER), "processes": ("", INFO)}),
-    "roundtrip": Workload(wl_roundtrip, {"ms_per_call": ("ms", LOWER)}),
-    "throughput": Workload(wl_throughput, {"tasks_per_s": ("/s", HIGHER), "submit_us_per_task": ("us", LOWER)}),
+    "roundtrip": Workload(wl_roundtrip, {"ms_per_call": ("ms", LOWER)}, pool=True),
+    "throughput": Workload(wl_throughput, {
+        "tasks_per_s": ("/s", HIGHER), "submit_us_per_task": ("us", LOWER)}, pool=True),
     "tiny_tasks": Workload(wl_tiny_tasks, {
-        "seconds": ("s", LOWER), "tasks_per_s": ("/s", HIGHER), "tasks": ("", INFO), "floor_s": ("s", INFO)}),
+        "seconds": ("s", LOWER), "tasks_per_s": ("/s", HIGHER), "tasks": ("", INFO), "floor_s": ("s", INFO)},
+        pool=True),
     "asyncio_gather": Workload(wl_asyncio_gather, {"tasks_per_s": ("/s", HIGHER)}),
     "asyncio_aio": Workload(wl_asyncio_aio, {
         "tasks_per_s": ("/s", HIGHER), "await_roundtrip_ms": ("ms", LOWER), "init_to_first_task_s": ("s", LOWER)}),
@@ -914,7 +920,7 @@ WORKLOADS: dict[str, Workload] = {
     "tip3": Workload(wl_tip3, {"by_value_s": ("s", LOWER), "by_ref_s": ("s", LOWER)}),
     "small_objects": Workload(wl_small_objects, {"puts_per_s": ("/s", HIGHER), "gets_per_s": ("/s", HIGHER)}),
     "shutdown": Workload(wl_shutdown, {
-        "shutdown_s": ("s", LOWER), "processes_left": ("", LOWER), "processes_left_after_1s": ("", LOWER)}),
+        "shutdown_s": ("s", LOWER), "processes_left": ("", LOWER), "processes_left_after_1s": ("", LOWER)}, pool=True),
     "actor_roundtrip": Workload(wl_actor_roundtrip, {"ms_per_call": ("ms", LOWER)}, actor=True),
     "actor_pipelined": Workload(wl_actor_pipelined, {"calls_per_s": ("/s", HIGHER)}, actor=True),
     "actor_async": Workload(wl_actor_async, {"calls_per_s": ("/s", HIGHER)}, actor=True),
@@ -929,6 +935,7 @@ WORKLOADS: dict[str, Workload] = {
         "on_other_node": ("", INFO), "left_processes": ("", LOWER), "left_shm_dirs": ("", LOWER)}, cluster=True),
 }
 
+POOL_MODULE = "procpool"  # bench/procpool.py: ProcessPoolExecutor as a third peer (workloads with pool=True)
 IMPORT_S = 0.0  # set by main(): seconds to import the framework module
 
 
@@ -942,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one workload on one framework in this process and print its metrics."""
     global IMPORT_S
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("framework", help="module to benchmark: asyncray or ray")
+    p.add_argument("framework", help="module to benchmark: asyncray, ray or procpool")
     p.add_argument("workload", choices=sorted(WORKLOADS))
     p.add_argument("--quick", action="store_true", help="smaller sizes for the long workloads")
     p.add_argument("--tiny-tasks", type=int, default=None, help="task count of tiny_tasks (default 100,000)")
@@ -965,6 +972,9 @@ def main(argv: list[str] | None = None) -> int:
             # explicitly, with a token of this run's own (asyncray always authenticates too).
             os.environ["RAY_AUTH_MODE"] = "token"
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    if args.framework == POOL_MODULE and not wl.pool:
+        emit({"skipped": f"{args.workload} does not run on {POOL_MODULE} (ProcessPoolExecutor)"})
+        return 0
     try:
         t0 = _now()
         mod = importlib.import_module(args.framework)
