@@ -249,3 +249,32 @@ def test_after_a_restart_actors_of_owners_that_never_return_end() -> None:
                     drv.kill()
                     drv.communicate(timeout=30)
         assert res["count"] == 2, res  # the same actor, its state kept
+
+
+def test_a_stalled_head_takes_its_nodes_back() -> None:
+    """The head is frozen longer than the nodes wait for it (they drop it and keep trying);
+    when it wakes, the nodes rejoin and none is fenced: a stall is not their death."""
+    fast = {"ASYNCRAY_HEAD_TIMEOUT_S": "2"}
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1", env=fast)
+        c.cli("start", "--address", c.address, "--num-cpus", "1", "--resources", '{"b": 1}', env=fast)
+        nodes_before = set(c.daemon_pids("node")) | set(c.daemon_pids("head-node"))
+        (head,) = c.daemon_pids("head")
+        c.track()
+        os.kill(head, signal.SIGSTOP)
+        try:
+            time.sleep(6)  # the nodes took the head for gone after 2 s and are trying to rejoin
+        finally:
+            os.kill(head, signal.SIGCONT)
+
+        def all_back() -> bool:
+            nodes = c.nodes()
+            return len(nodes) == 2 and all(n["state"] == "ALIVE" for n in nodes)
+
+        assert wait_for(all_back, timeout=20, interval=0.5), c.status()
+        assert all(is_running(p) for p in nodes_before)  # no node was fenced
+        res = c.driver("""
+            asyncray.init(address="auto")
+            result(value=asyncray.get(asyncray.remote(resources={"b": 1})(lambda: 5).remote(), timeout=30))
+        """)
+        assert res["value"] == 5

@@ -23,6 +23,7 @@ from asyncray._wire.connection import (
     Connection,
     ConnectionLost,
     Handler,
+    RemoteCallError,
     connect,
     head_reconnect_timeout_s,
     head_timeout_s,
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 1.0
+GAVE_UP_RETRY_S = 5.0  # after the deadline: still reconnect, at this pace
 
 
 class HeadLink:
@@ -60,13 +62,25 @@ class HeadLink:
         return self.conn is not None and self.conn.is_open
 
     async def open(self) -> None:
-        """Connect (the first time: a failure is the caller's to report)."""
-        conn = await asyncio.wait_for(connect(
+        """Connect and see the head answer (the first time: a failure is the caller's to report).
+
+        A TCP connect alone proves little: a frozen head's kernel still accepts, and a head
+        with another token closes at once. Only a head that answers counts as back.
+        """
+        conn = await connect(
             self.address, self._handler, role=self._role, token=self._token, peer_id=self._peer_id,
-            name=f"{self._role}->head at {self.address}", on_close=self._closed,
-        ), CONNECT_TIMEOUT_S)
+            name=f"{self._role}->head at {self.address}", on_close=self._closed, timeout=CONNECT_TIMEOUT_S,
+        )
+        try:
+            await asyncio.wait_for(conn.request(m.GetClusterState(rid=0)), CONNECT_TIMEOUT_S)
+        except BaseException:
+            conn.abort()
+            raise
+        if not conn.is_open:
+            raise ConnectionLost(f"the head at {self.address} closed the connection at once")
         conn.keep_alive(HEAD_KEEPALIVE_S, head_timeout_s())
         self.conn = conn
+        self._gave_up = False
         self._on_connect(conn)
         self._up.set()
 
@@ -95,13 +109,13 @@ class HeadLink:
             try:
                 self.address = await locate_head(self.lookup or self.address)
                 await self.open()
-            except (OSError, TimeoutError, ConnectionLost) as exc:
-                if time.monotonic() > give_up:
-                    log.error("%s gave up on the head at %s: %s", self._role, self.address, exc)
+            except (OSError, TimeoutError, ConnectionLost, RemoteCallError) as exc:
+                if time.monotonic() > give_up and not self._gave_up:
+                    # What waits fails now; we keep looking, slowly, for a head started later.
+                    log.error("%s gave up waiting for the head at %s: %s", self._role, self.address, exc)
                     self._gave_up = True
                     self._up.set()
-                    return
-                await asyncio.sleep(delay)
+                await asyncio.sleep(GAVE_UP_RETRY_S if self._gave_up else delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             log.warning("%s reconnected to the head at %s", self._role, self.address)
@@ -120,7 +134,8 @@ class HeadLink:
             f"the head at {self.address} is gone (crashed, stopped or silent for {head_timeout_s():g} s) and did"
             f" not come back within {head_reconnect_timeout_s():g} s: creating actors, finding them by name and"
             " placing work on other nodes need it; tasks already running go on. Check it with 'asyncray status';"
-            " restart it with 'asyncray start --head' on the same storage to keep the cluster."
+            " restart it with 'asyncray start --head' on the same storage to keep the cluster (this process"
+            " reconnects to it)."
         )
 
     async def request(self, msg: m.Message) -> Any:

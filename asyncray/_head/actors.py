@@ -45,6 +45,8 @@ DEFAULT_OWNER_RETURN_S = 20.0
 def owner_return_s() -> float:
     """The owners' window to come back after a head restart (``ASYNCRAY_OWNER_RETURN_S``)."""
     return float(os.environ.get("ASYNCRAY_OWNER_RETURN_S", DEFAULT_OWNER_RETURN_S))
+# How often placement looks again while restored nodes are still rejoining.
+REJOIN_POLL_S = 0.2
 # Reattaching to a live actor's worker after a head restart: one connection attempt's deadline.
 REATTACH_TIMEOUT_S = 5.0
 # The fields of a record that are written to storage (the rest is live connections).
@@ -325,11 +327,18 @@ class ActorManager:
         spec = rec.spec
         resources: dict[str, float] = spec["resources"]
         affinity = placement.Affinity.of(spec.get("affinity"))
-        try:
-            node = placement.actor_node(self.head.view(), resources, affinity)
-        except placement.Unplaceable as exc:
-            self._mark_dead(rec, str(exc))
-            return
+        while True:
+            try:
+                node = placement.actor_node(self.head.view(), resources, affinity)
+                break
+            except placement.Unplaceable as exc:
+                # Right after a restart the nodes are still rejoining: wait for them (bounded
+                # by their rejoin deadline, after which they are dead or back), then decide.
+                if self.head.nodes_rejoining() and rec.state is not ActorState.DEAD:
+                    await asyncio.sleep(REJOIN_POLL_S)
+                    continue
+                self._mark_dead(rec, str(exc))
+                return
         # Count the placement at once: the node's next heartbeat corrects the view, and until
         # then the next actor does not pick the same "free" CPU.
         available = self.head.nodes[node.node_id]["available"]

@@ -39,6 +39,12 @@ NODE_FIELDS = ("node_id", "address", "resources", "info", "alive", "death_cause"
 # ended) only if it has not reconnected by then: one that dropped a head it took for frozen
 # is already back on a new connection.
 OWNER_GONE_GRACE_S = 1.0
+# The start of an error reply that means "not now": the asker should try again, not give up.
+RETRY_LATER = "retry later:"
+# A watch tick this late means the head itself was stalled (SIGSTOP, a paused VM): what it
+# missed meanwhile (heartbeats, connections dropped by nodes that took it for gone) is not
+# the nodes' fault.
+STALL_S = 2.0
 
 
 def pack(value: Any) -> bytes:
@@ -68,6 +74,8 @@ class HeadService(Service):
         self.storage: Storage | None = None
         self.restored = False  # True when this head took over the tables of one that died
         self.cluster_id = ""  # from storage, made at the cluster's first start
+        self._last_tick = time.monotonic()  # the watch loop's last turn (to tell a stalled head)
+        self._stalled_until = 0.0  # until then, nodes dropping us were reacting to our stall
         self.nodes: dict[bytes, dict[str, Any]] = {}
         self.objects: dict[bytes, dict[bytes, int]] = {}  # object id -> {node id: size}
         # Recently freed ids: a copy announced after its object was freed is deleted at once.
@@ -85,11 +93,14 @@ class HeadService(Service):
         server, self.address = await serve(
             self.address, self._on_message, token=self.token, name="head",
             on_open=self._conns.add, on_close=self._on_close,
+            # Not on our side: dropping a driver that holds the GIL for a while would free its
+            # objects and end its actors; a driver pings us, and nodes send heartbeats.
+            ping_accepted=False,
         )
         self._servers.append(server)
+        self.actors.resume()  # before any await: owners reconnecting now must find it done
         await self.storage.put("meta", "address", self.address.encode())
         self.supervise(self._watch_nodes, "watch-nodes")
-        self.actors.resume()
 
     async def _restore(self) -> None:
         """Take over what a head that died on this storage left: token, nodes, actors."""
@@ -112,7 +123,7 @@ class HeadService(Service):
         for raw in (await self.storage.load("nodes")).values():
             node = unpack(raw)
             # Counted as seen a little in the future: a node gets the timeout and a grace to rejoin.
-            node.update(available=dict(node["resources"]), last_seen=now + REJOIN_GRACE_S)
+            node.update(available=dict(node["resources"]), last_seen=now + REJOIN_GRACE_S, joined=False)
             self.nodes[node["node_id"]] = node
             self.restored = True
         for raw in (await self.storage.load("actors")).values():
@@ -121,6 +132,10 @@ class HeadService(Service):
         if self.restored:
             log.warning("head of cluster %s restarted on %s: %d nodes and %d actors restored", self.cluster_id,
                         self.storage_url, len(self.nodes), len(self.actors.actors))
+
+    def nodes_rejoining(self) -> bool:
+        """True while some node restored from storage has neither rejoined nor been declared dead."""
+        return any(n["alive"] and not n.get("joined", True) for n in self.nodes.values())
 
     def save_node(self, node: dict[str, Any]) -> asyncio.Future[None]:
         """Write a node's record (durable when the future is done)."""
@@ -132,7 +147,15 @@ class HeadService(Service):
         """Declare silent nodes dead and keep every node's picture of the cluster fresh."""
         while True:
             await asyncio.sleep(VIEW_INTERVAL_S)
+            late = time.monotonic() - self._last_tick - VIEW_INTERVAL_S
+            self._last_tick = time.monotonic()
             now = time.time()
+            if late > STALL_S:  # we were stalled, not the nodes: their silence is ours
+                log.warning("the head was stalled for %.1f s; nodes get that time back", late)
+                # Connections nodes dropped meanwhile may be read only after this turn.
+                self._stalled_until = time.monotonic() + self.node_timeout_s
+                for node in self.nodes.values():
+                    node["last_seen"] = max(node["last_seen"], now)
             for node in self.nodes.values():
                 if node["alive"] and now - node["last_seen"] > self.node_timeout_s:
                     self._node_died(node["node_id"], f"no heartbeat for {self.node_timeout_s:g} s")
@@ -149,7 +172,9 @@ class HeadService(Service):
         return [
             m.NodeView(
                 node_id=n["node_id"], address=n["address"], resources=n["resources"], available=n["available"],
-                alive=n["alive"], info=n["info"], last_seen=n["last_seen"], death_cause=n.get("death_cause") or "",
+                # A node restored from storage is not offered for placement until it rejoins.
+                alive=n["alive"] and n.get("joined", True), info=n["info"], last_seen=n["last_seen"],
+                death_cause=n.get("death_cause") or "",
             )
             for n in self.nodes.values()
         ]
@@ -303,17 +328,19 @@ class HeadService(Service):
             "node_id": msg.node_id, "address": msg.address, "resources": msg.resources,
             "available": dict(msg.resources), "alive": True, "info": msg.info, "last_seen": time.time(),
         }
+        try:
+            await self.save_node(node)
+        except Exception as exc:  # the node tries again (it is not dead: our storage is unwell)
+            conn.reply(msg.rid, error=f"{RETRY_LATER} the head could not record the node in {self.storage_url}: {exc}")
+            conn.close()
+            return
+        if not conn.is_open:
+            return  # it gave up waiting; it will register again
         self.nodes[msg.node_id] = node
         conn.state["node_id"] = msg.node_id
         self.node_conns[msg.node_id] = conn
-        try:
-            await self.save_node(node)
-        except Exception as exc:
-            conn.reply(msg.rid, error=f"the head could not record the node in {self.storage_url}: {exc}")
-            conn.close()
-            return
         conn.reply(msg.rid, {"ok": True})
-        if known is not None:
+        if known is not None or msg.held:
             log.info("node %s rejoined (%d leases held for actors)", msg.node_id.hex()[:8], len(msg.held))
             for lease_id in self.actors.unknown_leases(msg.node_id, msg.held):
                 conn.send(m.ReturnLease(lease_id=lease_id, kill=True))  # an actor no record owns
@@ -338,7 +365,14 @@ class HeadService(Service):
             self.tasks.forget(conn.state["owner"])
         node_id = conn.state.get("node_id")
         if node_id is not None and self.node_conns.get(node_id) is conn:
-            self._node_died(node_id, "its connection to the head closed")
+            mono = time.monotonic()
+            if mono - self._last_tick > STALL_S + VIEW_INTERVAL_S or mono < self._stalled_until:
+                # We were stalled and the node took us for gone: it rejoins, it is not dead.
+                del self.node_conns[node_id]
+                self.nodes[node_id]["last_seen"] = time.time()
+                log.warning("node %s dropped the stalled head; waiting for it to rejoin", node_id.hex()[:8])
+            else:
+                self._node_died(node_id, "its connection to the head closed")
         if conn.peer is not None and conn.peer.role in ("driver", "worker"):
             asyncio.get_running_loop().call_later(OWNER_GONE_GRACE_S, self._owner_left, conn)
 

@@ -401,9 +401,18 @@ class NodeService(Service):
             try:
                 address = await locate_head(self.config.head_lookup or self.config.head_address)
                 await self._join(address, rejoin=True)
-            except RemoteCallError as exc:  # the head refuses us: it declared this node dead
-                self._fence(str(exc))
-                return
+            except RemoteCallError as exc:
+                if "declared dead" in str(exc):  # the head refuses us for good: it declared this node dead
+                    self._fence(str(exc))
+                    return
+                if time.monotonic() > give_up:
+                    self._fence(f"the head at {self.config.head_address} did not take this node back for"
+                                f" {head_reconnect_timeout_s():g} s (last: {exc})")
+                    return
+                log.warning("node %s: the head did not take it back yet (%s); trying again", _ids.short(self.node_id), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REJOIN_BACKOFF_MAX_S)
+                continue
             except (OSError, TimeoutError, ConnectionLost) as exc:
                 if time.monotonic() > give_up:
                     self._fence(f"the head at {self.config.head_address} was unreachable for"

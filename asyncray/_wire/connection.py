@@ -84,8 +84,10 @@ class Connection(asyncio.Protocol):
         token: str = "",
         expect_hello: bool = False,
         on_close: Callable[[Connection], None] | None = None,
+        ping_accepted: bool = True,
     ) -> None:
         self.handler = handler
+        self._ping_accepted = ping_accepted
         self.name = name
         self.on_close = on_close
         self.peer: Hello | None = None
@@ -155,7 +157,7 @@ class Connection(asyncio.Protocol):
                     return
                 self._expect_hello = False
                 self.peer = hello
-                if not self._keepalive_s and hello.role != "cli":
+                if self._ping_accepted and not self._keepalive_s and hello.role != "cli":
                     # The side that accepted checks its peer too: a frozen driver or worker must
                     # not hold leases and objects forever because it never closes its socket.
                     self.keep_alive(ACCEPTED_KEEPALIVE_S, peer_timeout_s())
@@ -331,6 +333,7 @@ async def serve(
     name: str = "",
     on_open: Callable[[Connection], None] | None = None,
     on_close: Callable[[Connection], None] | None = None,
+    ping_accepted: bool = True,
 ) -> tuple[asyncio.AbstractServer, str]:
     """Listen at ``address`` (port 0 picks one); return the server and the real address.
 
@@ -341,7 +344,9 @@ async def serve(
     family, target = parse_address(address)
 
     def factory() -> Connection:
-        conn = Connection(handler, name=name, token=token, expect_hello=True, on_close=on_close)
+        conn = Connection(
+            handler, name=name, token=token, expect_hello=True, on_close=on_close, ping_accepted=ping_accepted,
+        )
         if on_open is not None:
             on_open(conn)
         return conn
