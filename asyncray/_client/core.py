@@ -274,6 +274,7 @@ class Core(Service):
     def _hello_head(self, conn: Connection) -> None:
         """What a (new) head learns first: the prefix of the objects we own."""
         conn.send(m.OwnerPrefix(prefix=self._owner_prefix))
+        self.call_soon(self.objects.resend_freed)  # after the link counts as up
 
     def _on_node_close(self, conn: Connection) -> None:
         if not self._stopped and self.on_node_lost is not None:

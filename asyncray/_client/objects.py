@@ -41,6 +41,9 @@ RESERVE_TIMEOUT_S = 10.0
 # An object we own whose copy could not be fetched: how long to wait for it to be found
 # elsewhere or rebuilt (its node's death reaches us within the node timeout) before giving up.
 RECOVER_WAIT_S = 30.0
+# Freed object ids kept for a head that is away (past this, the oldest are dropped: their
+# copies on other nodes then live until their owner exits).
+MAX_UNSENT_FREED = 100_000
 # The longest a blocking get waits for a copy from another node (a stalled transfer gives up
 # after 60 s without data; then the recovery above): past this, the object counts as lost.
 LOCALIZE_TIMEOUT_S = 60.0 + RECOVER_WAIT_S + 10.0
@@ -155,6 +158,7 @@ class ObjectTable:
         self._handoff: dict[bytes, list[tuple[Connection, ObjectRef[Any]]]] = {}
         self._bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge] = weakref.WeakKeyDictionary()
         self._freed_hooks: dict[bytes, Callable[[], None]] = {}
+        self._unsent_freed: list[bytes] = []  # freed while the head was away
 
     @property
     def address(self) -> str:
@@ -228,7 +232,11 @@ class ObjectTable:
             self._borrow_flush = False
         for address, notice in out.items():
             if address == _HEAD:
-                self.links.send_head(m.ObjectsFreed(object_ids=notice.freed))
+                freed = self._unsent_freed + notice.freed
+                if self.links.send_head(m.ObjectsFreed(object_ids=freed)):
+                    self._unsent_freed = []
+                else:  # the head is away: tell the next one (copies elsewhere are deleted then)
+                    self._unsent_freed = freed[-MAX_UNSENT_FREED:]
                 continue
             msg = m.Borrow(add=notice.add, drop=notice.drop, handoff=notice.handoff, released=notice.released)
             conn = self.links.route_to(address)
@@ -333,6 +341,11 @@ class ObjectTable:
         entry = self._objects.get(object_id)
         if entry is not None:
             entry.pinned = True
+
+    def resend_freed(self) -> None:
+        """A (new) head is connected: tell it what was freed while there was none (loop thread)."""
+        if self._unsent_freed and self.links.send_head(m.ObjectsFreed(object_ids=self._unsent_freed)):
+            self._unsent_freed = []
 
     def on_freed(self, object_id: bytes, hook: Callable[[], None]) -> None:
         """Call ``hook`` on the loop once the object is freed: no ref to it is left anywhere
