@@ -278,3 +278,43 @@ def test_a_stalled_head_takes_its_nodes_back() -> None:
             result(value=asyncray.get(asyncray.remote(resources={"b": 1})(lambda: 5).remote(), timeout=30))
         """)
         assert res["value"] == 5
+
+
+def test_a_storage_outage_fails_what_needs_it_clearly_and_the_head_stays_up(redis_url: str) -> None:
+    """The Redis server dies under a running head: creating an actor (which must be recorded
+    first) fails at once, saying the storage could not take it; tasks still run; the head
+    serves on (status works) instead of crashing or hanging."""
+    with new_cluster() as c:
+        c.start_head(free_port(), "--num-cpus", "1", "--storage", redis_url)
+        port = redis_url.rsplit(":", 1)[1].split("/")[0]
+        (server,) = [
+            p for p in psutil.process_iter(["cmdline"])
+            if "redis-server" in " ".join(p.info["cmdline"] or []) and port in " ".join(p.info["cmdline"] or [])
+        ]
+        server.kill()
+        server.wait(10)
+        res = c.driver("""
+            asyncray.init(address="auto")
+
+            @asyncray.remote
+            class A:
+                def f(self):
+                    return 1
+
+            @asyncray.remote
+            def g():
+                return 2
+
+            t0 = time.monotonic()
+            try:
+                asyncray.get(A.remote().f.remote(), timeout=60)
+                actor = {"error": None}
+            except Exception as exc:
+                actor = {"error": type(exc).__name__, "message": str(exc)[:400], "elapsed": time.monotonic() - t0}
+            result(actor=actor, task=asyncray.get(g.remote(), timeout=30))
+        """)
+        actor = res["actor"]
+        assert actor["error"] == "ActorDiedError" and "could not record the actor" in actor["message"], actor
+        assert actor["elapsed"] < 20, actor
+        assert res["task"] == 2
+        assert len(c.nodes()) == 1 and is_running(c.daemon_pids("head")[0])
